@@ -1,0 +1,42 @@
+# Every target works on a fresh clone and skips what is already done.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+BASE := checkpoints/base/smollm2-135m-instruct/config.json
+UNTRAINED := checkpoints/untrained-smollm2-135m/config.json
+
+.PHONY: setup test lint bench clean-venv
+
+setup: $(STAMP) $(BASE) $(UNTRAINED)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: a bare torch requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(BASE): | $(STAMP)
+	$(BIN)/t2l fetch-base
+
+$(UNTRAINED): | $(BASE)
+	$(BIN)/t2l init -o $(dir $@)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/generate.py --json bench/results/generate.json
+
+clean-venv:
+	rm -rf $(VENV)

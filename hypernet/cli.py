@@ -1,0 +1,178 @@
+"""The ``t2l`` command: generate adapters, create/inspect/import checkpoints, fetch the default base."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from hypernet.errors import T2LError
+from hypernet.settings import Settings
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from hypernet.base import spec_from_config
+    from hypernet.checkpoint import check_compatible, default_checkpoint, read_config
+    from hypernet.embed import Embedder
+    from hypernet.generator import AdapterGenerator
+
+    path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
+    config = read_config(path)
+    if args.base:
+        spec = spec_from_config(args.base, list(config.base.modules), settings.checkpoints_dir)
+        check_compatible(config, path, base=spec)
+    device = settings.torch_device()
+    remote = settings.trust_remote_code
+    embedder = (
+        Embedder(args.embedder, settings.embedder_pooling, device, trust_remote_code=remote)
+        if args.embedder
+        else None
+    )
+    generator = AdapterGenerator.load(path, embedder=embedder, device=device, trust_remote_code=remote)
+    (adapter,), timings = generator.generate([args.description])
+    start = time.perf_counter()
+    adapter.save_peft(args.output)
+    write_ms = (time.perf_counter() - start) * 1000
+    print(f"adapter: {args.output.resolve()}")
+    print(f"checkpoint: {path} ({config.id}, {config.status})")
+    if config.status == "untrained":
+        print("note: this checkpoint is untrained, so the adapter is the identity (B = 0)")
+    if adapter.metadata["description_truncated"] == "true":
+        print(f"note: the description was truncated to the embedder's {generator.embedder.max_tokens} tokens")
+    print(
+        f"timings: embed {timings.embed_ms:.1f} ms, hypernet {timings.hypernet_ms:.1f} ms, "
+        f"write {write_ms:.1f} ms"
+    )
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
+    from hypernet.base import spec_from_config
+    from hypernet.checkpoint import EmbedderSpec, initial_checkpoint, save_checkpoint
+    from hypernet.embed import Embedder
+
+    base = spec_from_config(args.base or settings.base_model, args.targets, settings.checkpoints_dir)
+    embedder = Embedder(
+        args.embedder or settings.embedder,
+        args.pooling or settings.embedder_pooling,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    spec = EmbedderSpec(name=embedder.name, dim=embedder.dim, pooling=embedder.pooling)
+    alpha = args.alpha if args.alpha is not None else 2.0 * args.rank
+    model, config = initial_checkpoint(base, spec, args.size, args.rank, alpha, args.seed)
+    config = save_checkpoint(model, config, args.output)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"checkpoint: {args.output.resolve()} ({config.id})")
+    print(f"UNTRAINED hypernetwork (size {args.size}, {params / 1e6:.2f}M parameters) for {base.describe()}")
+    print("it emits B = 0 (identity adapters) until trained; see README for training")
+
+
+def cmd_info(args: argparse.Namespace, settings: Settings) -> None:
+    from hypernet.checkpoint import read_config
+
+    path: Path = args.path
+    if (path / "adapter_config.json").is_file():
+        print(json.dumps(json.loads((path / "adapter_config.json").read_text()), indent=2))
+        return
+    config = read_config(path)
+    hyper = config.hypernet
+    print(f"checkpoint: {path} ({config.id})")
+    print(f"status: {config.status}")
+    print(f"base: {config.base.describe()}")
+    print(f"embedder: {config.embedder.name} (dim {config.embedder.dim}, pooling {config.embedder.pooling})")
+    print(
+        f"hypernet: size {hyper.size}, latent {hyper.latent_size}, head input {hyper.head_in_size}, "
+        f"rank {hyper.rank}, alpha {hyper.alpha:g}, rsLoRA {hyper.use_rslora}, "
+        f"targets {', '.join(hyper.target_modules)}"
+    )
+    print(f"training: {json.dumps(config.training)}")
+
+
+def cmd_import_official(args: argparse.Namespace, settings: Settings) -> None:
+    from hypernet.official import import_official
+
+    config = import_official(args.source, args.output, settings.checkpoints_dir, base=args.base)
+    print(f"checkpoint: {args.output.resolve()} ({config.id}) imported from {args.source}")
+    print(f"base: {config.base.describe()}; embedder: {config.embedder.name} (dim {config.embedder.dim})")
+
+
+def cmd_fetch_base(args: argparse.Namespace, settings: Settings) -> None:
+    from hypernet.mirrors import fetch_default_base
+
+    print(f"base: {fetch_default_base(settings.checkpoints_dir, force=args.force)}")
+
+
+def cmd_convert_gguf(args: argparse.Namespace, settings: Settings) -> None:
+    from hypernet.base import convert_gguf
+
+    print(f"base: {convert_gguf(args.gguf, args.output)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2l", description="Text-to-LoRA: task description → LoRA adapter")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a PEFT adapter for a task description")
+    p.add_argument("description")
+    p.add_argument("-o", "--output", type=Path, required=True, help="adapter folder to write")
+    p.add_argument("--checkpoint", type=Path, help="hypernetwork checkpoint folder (default: T2L_CHECKPOINT)")
+    p.add_argument("--embedder", help="override the checkpoint's embedder (must match it)")
+    p.add_argument("--base", help="check that the checkpoint fits this base model")
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("init", help="create an UNTRAINED checkpoint for a base (the start of training)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--base", help="base model id, folder or .gguf (default: T2L_BASE_MODEL)")
+    p.add_argument("--embedder", help="sentence-transformers model (default: T2L_EMBEDDER)")
+    p.add_argument("--pooling", choices=["model", "cls", "mean", "lasttoken", "max"])
+    p.add_argument("--size", choices=["S", "M", "L"], default="M")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default: 2 x rank)")
+    p.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("info", help="describe a checkpoint or adapter folder")
+    p.add_argument("path", type=Path)
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("import-official", help="convert a reference T2L release folder to our format")
+    p.add_argument("source", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--base", help="base model (default: args.yaml's model_dir)")
+    p.set_defaults(run=cmd_import_official)
+
+    p = sub.add_parser("fetch-base", help="download and convert the default base (SmolLM2-135M-Instruct)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(run=cmd_fetch_base)
+
+    p = sub.add_parser("convert-gguf", help="convert a GGUF model to a safetensors folder")
+    p.add_argument("gguf", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(run=cmd_convert_gguf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        _quiet_libraries()
+        args.run(args, settings)
+    except T2LError as err:
+        print(f"t2l: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # pydantic's ValidationError of the settings is a ValueError
+        print(f"t2l: error: invalid setting: {str(err).splitlines()[-2].strip()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Generated adapters as PEFT folders and as safetensors bytes."""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from hypernet.adapter import LoraAdapter, read_header
+from hypernet.errors import T2LError
+from hypernet.generator import AdapterGenerator
+from hypernet.lora import LoraLayers
+from tests.conftest import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_checkpoint, embedder) -> AdapterGenerator:
+    return AdapterGenerator.load(tiny_checkpoint, embedder=embedder)
+
+
+def test_peft_loads_the_folder_with_no_missing_or_unexpected_keys_and_same_logits(generator, tmp_path):
+    (adapter,), _ = generator.generate(["Translate English sentences to French."])
+    adapter.save_peft(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["use_rslora"] is True
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["task_type"] == "CAUSAL_LM"
+    assert "Translate English sentences to French." in (tmp_path / "README.md").read_text()
+
+    base = tiny_llama()
+    peft = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    expected_keys = {k for k in peft.state_dict() if "lora_" in k}
+    assert {k.replace(".weight", ".default.weight") for k in saved} == expected_keys
+
+    layers = LoraLayers(base, adapter.base)
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = peft(ids).logits
+        with layers.applied(
+            {m: t[None] for m, t in adapter.A.items()},
+            {m: t[None] for m, t in adapter.B.items()},
+            adapter.scaling,
+        ):
+            ours = base(ids).logits
+        plain = base(ids).logits
+    assert (ours - expected).abs().max() <= 1e-5
+    assert (expected - plain).abs().max() > 1e-4
+
+
+def test_bytes_round_trip_keeps_tensors_and_metadata(generator):
+    (adapter,), _ = generator.generate(["Summarise news articles in one sentence."])
+    data = adapter.to_bytes()
+    header = read_header(data)
+    assert header["description"] == "Summarise news articles in one sentence."
+    back = LoraAdapter.from_bytes(data)
+    for m in adapter.A:
+        assert torch.equal(back.A[m], adapter.A[m]) and torch.equal(back.B[m], adapter.B[m])
+    assert (back.rank, back.alpha, back.use_rslora) == (adapter.rank, adapter.alpha, adapter.use_rslora)
+    assert back.base.fingerprint == adapter.base.fingerprint and back.metadata == adapter.metadata
+
+
+def test_shape_mismatch_is_refused(generator):
+    (adapter,), _ = generator.generate(["Classify movie reviews as positive or negative."])
+    bad = copy.copy(adapter)
+    bad.B = dict(adapter.B, v_proj=adapter.B["v_proj"][:, :-1])
+    with pytest.raises(T2LError, match="v_proj"):
+        LoraAdapter.from_bytes(bad.to_bytes())
+
+
+def test_generation_metadata_and_timings(generator):
+    adapters, timings = generator.generate(["Answer trivia questions.", "x " * 400])
+    assert [a.metadata["description_truncated"] for a in adapters] == ["false", "true"]
+    assert adapters[0].metadata["checkpoint"] == generator.config.id
+    assert adapters[0].metadata["base_fingerprint"] == generator.config.base.fingerprint
+    assert 0 < timings.embed_ms <= timings.total_ms and 0 < timings.hypernet_ms <= timings.total_ms
+    assert not torch.equal(adapters[0].B["q_proj"], adapters[1].B["q_proj"])

@@ -1,0 +1,105 @@
+"""The ``t2l`` command line, in process and (for the no-traceback promise) as a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from hypernet.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_a_peft_folder_and_reports_timings(capsys, tiny_checkpoint, tmp_path):
+    code, out, err = run(
+        capsys, "generate", "Sort a list of numbers.", "-o", tmp_path / "ad", "--checkpoint", tiny_checkpoint
+    )
+    assert code == 0, err
+    assert f"adapter: {tmp_path / 'ad'}" in out
+    assert "embed" in out and "hypernet" in out and "write" in out and " ms" in out
+    assert "untrained" in out  # the checkpoint's provenance is stated
+    assert len(load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))) == 2 * 2 * 2
+
+
+def test_long_description_is_reported_as_truncated(capsys, tiny_checkpoint, tmp_path):
+    code, out, _ = run(
+        capsys, "generate", "word " * 400, "-o", tmp_path / "ad", "--checkpoint", tiny_checkpoint
+    )
+    assert code == 0 and "truncated to the embedder's 256 tokens" in out
+
+
+@pytest.mark.parametrize("description", ["", "   \n "])
+def test_empty_description_is_a_one_line_error(capsys, tiny_checkpoint, tmp_path, description):
+    code, _, err = run(
+        capsys, "generate", description, "-o", tmp_path / "ad", "--checkpoint", tiny_checkpoint
+    )
+    assert code == 2 and "description is empty" in err and err.count("\n") == 1
+    assert not (tmp_path / "ad").exists()
+
+
+def test_missing_checkpoint_and_mismatched_base_name_the_value(capsys, tiny_checkpoint, tmp_path):
+    code, _, err = run(capsys, "generate", "x", "-o", tmp_path / "ad", "--checkpoint", tmp_path / "none")
+    assert code == 2 and str(tmp_path / "none") in err
+    code, _, err = run(
+        capsys,
+        "generate",
+        "x",
+        "-o",
+        tmp_path / "ad",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--base",
+        "no-such-org/no-such-model",
+    )
+    assert code == 2 and "no-such-org/no-such-model" in err
+
+
+def test_init_then_info(capsys, tiny_base_dir, tmp_path):
+    code, out, err = run(
+        capsys, "init", "--base", tiny_base_dir, "--size", "S", "--rank", "2", "-o", tmp_path / "c"
+    )
+    assert code == 0, err
+    assert "UNTRAINED" in out
+    code, out, _ = run(capsys, "info", tmp_path / "c")
+    assert code == 0 and "status: untrained" in out and "rank 2, alpha 4" in out
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["training"]["status"] == "untrained" and config["base"]["num_layers"] == 2
+
+
+def test_info_on_an_adapter_folder(capsys, tiny_checkpoint, tmp_path):
+    run(capsys, "generate", "Tag parts of speech.", "-o", tmp_path / "ad", "--checkpoint", tiny_checkpoint)
+    code, out, _ = run(capsys, "info", tmp_path / "ad")
+    assert code == 0 and '"peft_type": "LORA"' in out
+
+
+def test_bad_setting_is_named(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("T2L_DEVICE", "gpu0")
+    code, _, err = run(capsys, "info", tmp_path)
+    assert code == 2 and "gpu0" in err and err.count("\n") == 1
+
+
+def test_subprocess_prints_no_traceback(tiny_checkpoint, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hypernet.cli",
+            "generate",
+            " ",
+            "-o",
+            str(tmp_path / "x"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip().startswith("t2l: error:")
