@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from hypernet.errors import T2LError
 from hypernet.settings import Settings
 
@@ -163,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = "T2L_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        print(f"t2l: error: invalid setting {name}: {first['msg']}", file=sys.stderr)
+        return 2
+    try:
         _quiet_libraries()
         args.run(args, settings)
     except T2LError as err:
         print(f"t2l: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # pydantic's ValidationError of the settings is a ValueError
-        print(f"t2l: error: invalid setting: {str(err).splitlines()[-2].strip()}", file=sys.stderr)
         return 2
     return 0
 

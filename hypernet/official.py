@@ -47,15 +47,33 @@ def _read(src: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Te
     for path in files.values():
         if not path.is_file():
             raise T2LError(f"{src} is not a reference T2L release folder: missing {path.name}")
-    args = yaml.safe_load(files["args.yaml"].read_text()) or {}
-    peft = json.loads(files["adapter_config.json"].read_text())
+    try:
+        args = yaml.safe_load(files["args.yaml"].read_text()) or {}
+        peft = json.loads(files["adapter_config.json"].read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise T2LError(f"cannot parse {src}'s args.yaml or adapter_config.json: {_first_line(err)}") from err
+    if not isinstance(args, dict) or not isinstance(peft, dict):
+        raise T2LError(f"{src}'s args.yaml and adapter_config.json must each hold a mapping")
+    missing = [key for key in ("r", "lora_alpha", "target_modules") if key not in peft]
+    if missing:
+        raise T2LError(f"{files['adapter_config.json']} lacks {', '.join(map(repr, missing))}")
+    if peft.get("peft_type", "LORA") != "LORA":
+        raise T2LError(f"adapter_config.json has peft_type={peft['peft_type']!r}; only LORA is supported")
     try:
         state = torch.load(files["hypermod.pt"], map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a malformed or unsafe file
-        raise T2LError(f"cannot read {files['hypermod.pt']} as a plain state dict: {err}") from err
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        raise T2LError(
+            f"refused {files['hypermod.pt']}: it is not a plain tensor state dict ({detail})"
+        ) from err
     if not isinstance(state, dict):
         raise T2LError(f"{files['hypermod.pt']} holds a {type(state).__name__}, not a state dict")
     return args, peft, state
+
+
+def _first_line(err: Exception) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def _check_supported(args: dict[str, Any]) -> None:
@@ -71,6 +89,8 @@ def _check_supported(args: dict[str, Any]) -> None:
             raise T2LError(
                 f"args.yaml has {key}={got!r}; only {key}={want!r} (the paper's M variant) is supported"
             )
+    if args.get("training_task", "sft") not in ("sft", "recon"):
+        raise T2LError(f"args.yaml has training_task={args['training_task']!r}; expected 'sft' or 'recon'")
     if not args.get("emb_model"):
         raise T2LError(
             "args.yaml names no emb_model: checkpoints that embed with the base LLM are not supported"
@@ -142,7 +162,8 @@ def import_official(src: Path, out: Path, checkpoints_dir: Path, base: str | Non
     try:
         model.load_state_dict(ours, strict=True)
     except RuntimeError as err:
-        raise T2LError(f"{src / 'hypermod.pt'} does not fit base {spec.describe()}: {err}") from err
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
+        raise T2LError(f"{src / 'hypermod.pt'} does not fit base {spec.describe()}: {detail}") from err
     embedder = EmbedderSpec(name=args["emb_model"], dim=embed_dim, pooling="cls")
     training = {
         "status": "imported",
