@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BASE := checkpoints/base/smollm2-135m-instruct/config.json
 UNTRAINED := checkpoints/untrained-smollm2-135m/config.json
 
-.PHONY: setup test lint bench clean-venv
+.PHONY: setup serve test lint bench clean-venv
 
 setup: $(STAMP) $(BASE) $(UNTRAINED)
 
@@ -27,6 +27,10 @@ $(BASE): | $(STAMP)
 $(UNTRAINED): | $(BASE)
 	$(BIN)/t2l init -o $(dir $@)
 
+# The service on 127.0.0.1:8000 (T2L_HOST / T2L_PORT to change), with its own Redis under var/.
+serve: setup
+	$(BIN)/t2l serve
+
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest
@@ -37,6 +41,7 @@ lint: $(STAMP)
 
 bench: setup
 	$(BIN)/python bench/generate.py --json bench/results/generate.json
+	$(BIN)/python bench/server.py --json bench/results/server.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -38,7 +38,7 @@ class LoraAdapter:
 
     @property
     def target_modules(self) -> list[str]:
-        return list(self.A)
+        return [m for m in self.base.modules if m in self.A]
 
     @property
     def nbytes(self) -> int:

@@ -4,7 +4,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -116,7 +118,8 @@ def cmd_convert_gguf(args: argparse.Namespace, settings: Settings) -> None:
     print(f"base: {convert_gguf(args.gguf, args.output)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The ``t2l`` parser; ``extend`` may add subcommands (the server adds ``serve``)."""
     parser = argparse.ArgumentParser(prog="t2l", description="Text-to-LoRA: task description → LoRA adapter")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -158,11 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gguf", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(run=cmd_convert_gguf)
+    if extend is not None:
+        extend(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = None) -> int:
+    args = build_parser(extend).parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as err:

@@ -74,7 +74,9 @@ class Embedder:
     @torch.inference_mode()
     def _embed_new(self, texts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         truncated = [n > self.max_tokens for n in self._count_tokens(texts)]
-        vectors = self.model.encode(texts, convert_to_tensor=True, batch_size=len(texts)).float()
+        vectors = self.model.encode(
+            texts, convert_to_tensor=True, batch_size=len(texts), show_progress_bar=False
+        ).float()
         vectors = torch.nn.functional.normalize(vectors, dim=-1) * self.dim**0.5
         return vectors, truncated
 

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; unknown ids fail at once
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,58 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_spec(smollm2_dir) -> BaseSpec:
     return spec_from_config(DEFAULT_BASE_MODEL, TARGETS, CHECKPOINTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_base(tmp_path_factory, smollm2_dir) -> Path:
+    from tests.server_harness import make_tiny_chat_base
+
+    return make_tiny_chat_base(tmp_path_factory.mktemp("tiny-chat"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(tmp_path_factory, tiny_chat_base, embedder_spec) -> Path:
+    """A checkpoint for the tiny chat base whose adapters clearly change its output."""
+    spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
+    model, config = initial_checkpoint(spec, embedder_spec, "S", rank=4, alpha=8.0, seed=0)
+    path = tmp_path_factory.mktemp("chat-ckpt") / "tiny-chat"
+    save_checkpoint(randomize_heads(model, std=0.05), config, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real Redis server for the tests, on a free loopback port, stopped at the end."""
+    from server.redis_server import EmbeddedRedis
+    from tests.server_harness import free_port
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def clean_redis(redis_url) -> str:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
+@pytest.fixture
+def server_settings(tiny_chat_base, tiny_chat_checkpoint, clean_redis, tmp_path):
+    """Settings for a server on the tiny chat base, with the test Redis; override fields per test."""
+    from server.settings import ServerSettings
+
+    def make(**overrides) -> ServerSettings:
+        fields = dict(
+            base_model=str(tiny_chat_base),
+            checkpoint=tiny_chat_checkpoint,
+            redis_url=clean_redis,
+            state_dir=tmp_path / "state",
+            batch_window_ms=20.0,
+        )
+        return ServerSettings(**(fields | overrides))
+
+    return make

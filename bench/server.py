@@ -1,0 +1,346 @@
+"""Benchmark: the HTTP server end to end, over loopback, on the default base (SmolLM2-135M).
+
+Starts ``t2l serve`` itself (a separate process, on a free port, with a fresh temporary ``T2L_STATE_DIR``
+so its embedded Redis starts empty), waits for ``/readyz``, drives it with httpx from this process, one
+request at a time, and stops it with SIGINT at the end (also on errors). Every time is client-observed:
+from sending the request to reading the response (or the first token). Measures:
+
+* ``POST /v1/adapters`` p50/p95 for three tiers, each checked against the response's ``cached`` field:
+  **cold** (``--n`` descriptions never seen: embed + hypernetwork + Redis write), **L1 hit** (the same
+  descriptions again, same process), **Redis hit** (the same descriptions after a server restart on the
+  same state dir: the new process has an empty L1, so each request is a real Redis read of the stored
+  safetensors bytes, checksum check and deserialisation, then an L1 fill). The server-side store time
+  (``timings_ms.total``) is reported beside each, to separate HTTP overhead from the store's own work.
+* chat time to first token (``stream: true``; from sending the request to the first SSE chunk with
+  non-empty content) for (a) a **new description** inline via ``task_description`` (a cold adapter every
+  time: generation, slot upload, then decoding) and (b) the **base model** (no adapter): same prompt,
+  ``max_tokens`` 8, temperature 0, interleaved A/B then B/A so drift hits both equally.
+
+Targets (issue): p50 of L1 hit ≤ 3 ms, Redis hit ≤ 8 ms, cold ≤ 40 ms; new-description TTFT p50 ≤ base
+TTFT p50 + 40 ms. Descriptions are real SNI task descriptions (``../shared/data/sni/tasks/*.json``) taken
+round-robin across tasks when present, else synthetic ones. Each server first gets 10 warm-up requests
+per kind, left out of the numbers. Run from the repository root (a few minutes on 2 CPU cores):
+
+    .venv/bin/python bench/server.py [--n 100] [--max-tokens 8] [--json OUT] [--keep-state]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+from hypernet.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS_MS = {"l1": 3.0, "redis": 8.0, "cold": 40.0}
+TARGET_TTFT_EXTRA_MS = 40.0
+WARMUP = 10
+PROMPT = "Is the following review positive or negative? 'The plot dragged, but the acting was superb.'"
+
+
+def descriptions(data_dir: Path, n: int) -> list[str]:
+    """Distinct real SNI task descriptions, round-robin over tasks, else varied synthetic ones."""
+    per_task = [
+        json.loads(task.read_text())["descriptions"]
+        for task in sorted((data_dir / "sni" / "tasks").glob("*.json"))
+    ]
+    found: dict[str, str] = {}  # normalised text → text: the server ids adapters by normalised text
+    for i in range(max((len(d) for d in per_task), default=0)):
+        for texts in per_task:
+            if i < len(texts):
+                found.setdefault(" ".join(texts[i].lower().split()), texts[i])
+        if len(found) >= n:
+            break
+    texts = list(found.values())
+    verbs = ["Classify", "Summarise", "Translate", "Answer questions about", "Extract entities from"]
+    texts += [f"{verbs[i % 5]} texts of kind {i} and explain the answer step by step" for i in range(n)]
+    return texts[:n]
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {
+        "p50": statistics.median(samples),
+        "p95": cuts[94],
+        "mean": statistics.fmean(samples),
+        "n": len(samples),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One ``t2l serve`` process on a free loopback port, its output in ``log``."""
+
+    def __init__(self, state_dir: Path, log: Path, extra_env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if k not in ("T2L_REDIS_URL", "T2L_PORT", "T2L_HOST")}
+        env |= {"T2L_STATE_DIR": str(state_dir), "T2L_API_KEYS": "[]", **(extra_env or {})}
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [sys.executable, "-m", "server.cli", *serve]
+        self._out = log.open("ab")
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._out, stderr=self._out)
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout_s: float = 300.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                response = httpx.get(f"{self.url}/readyz", timeout=5)
+                if response.status_code == 200:
+                    ready = response.json()
+                    if ready.get("redis") != "ok":
+                        raise RuntimeError(f"the server is up but its Redis is not: {ready}")
+                    return ready
+            time.sleep(0.25)
+        raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s:\n{self.tail()}")
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGINT (uvicorn's graceful shutdown, which saves and stops the embedded Redis), then wait."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"server {self.process.pid} ignored SIGINT for {timeout_s:.0f} s: kill", file=sys.stderr
+                )
+                self.process.kill()
+                self.process.wait()
+        self._out.close()
+
+
+@contextlib.contextmanager
+def running(state_dir: Path, log: Path):
+    server = Server(state_dir, log)
+    try:
+        ready = server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            yield client, ready
+    finally:
+        server.stop()
+
+
+def post_adapter(client: httpx.Client, description: str, expect: str | bool) -> tuple[float, dict]:
+    """Client-observed ms and the server's own ``timings_ms`` for one POST, checking the tier it hit."""
+    start = time.perf_counter()
+    response = client.post("/v1/adapters", json={"description": description})
+    elapsed = (time.perf_counter() - start) * 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /v1/adapters answered {response.status_code}: {response.text[:500]}")
+    body = response.json()
+    if body["cached"] != expect:
+        raise RuntimeError(f"expected cached={expect!r}, got {body['cached']!r} for {description[:60]!r}")
+    return elapsed, body["timings_ms"]
+
+
+def ttft(client: httpx.Client, model: str, max_tokens: int, task_description: str | None = None) -> float:
+    """ms from sending a streaming chat request to the first chunk with non-empty content."""
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    if task_description is not None:
+        payload["task_description"] = task_description
+    first: float | None = None
+    start = time.perf_counter()
+    with client.stream("POST", "/v1/chat/completions", json=payload) as response:
+        if response.status_code != 200:
+            response.read()
+            raise RuntimeError(f"chat answered {response.status_code}: {response.text[:500]}")
+        for line in response.iter_lines():  # read to the end, so the next request finds the engine idle
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            if "error" in chunk:
+                raise RuntimeError(f"chat stream error: {chunk['error']}")
+            ref = chunk.get("adapter")
+            if task_description is not None and ref and ref["cached"] is not False:
+                raise RuntimeError(f"expected a cold inline adapter, got cached={ref['cached']!r}")
+            if first is None and any(c["delta"].get("content") for c in chunk["choices"]):
+                first = (time.perf_counter() - start) * 1000
+    if first is None:
+        raise RuntimeError(f"the stream had no content within {max_tokens} tokens: raise --max-tokens")
+    return first
+
+
+def tier(client: httpx.Client, texts: list[str], expect: str | bool) -> dict[str, list[float]]:
+    """Client ms, and the server's store total (and embed/hypernet when it generated), per request."""
+    rows: dict[str, list[float]] = {"client": [], "server": [], "embed": [], "hypernet": []}
+    for text in texts:
+        elapsed, timings = post_adapter(client, text, expect)
+        rows["client"].append(elapsed)
+        rows["server"].append(timings["total"])
+        for part in ("embed", "hypernet"):
+            if timings.get(part) is not None:
+                rows[part].append(timings[part])
+    return {k: v for k, v in rows.items() if v}
+
+
+def interleaved(n: int, a: Callable[[int], float], b: Callable[[int], float]) -> tuple[list, list]:
+    """``n`` samples of each, alternating which goes first, so drift hits both equally."""
+    out_a, out_b = [], []
+    for i in range(n):
+        if i % 2:
+            out_b.append(b(i))
+            out_a.append(a(i))
+        else:
+            out_a.append(a(i))
+            out_b.append(b(i))
+    return out_a, out_b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100, help="requests per measurement")
+    parser.add_argument("--max-tokens", type=int, default=8, help="max_tokens of the chat requests")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--keep-state", action="store_true", help="keep the state dir (server logs, Redis)")
+    args = parser.parse_args()
+    if args.n < 2:
+        parser.error("--n must be at least 2")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` too stops the server it started
+
+    settings = Settings()
+    base_model = settings.base_model  # the server reads the same T2L_BASE_MODEL
+    texts = descriptions(settings.data_dir, 2 * (WARMUP + args.n))
+    warm, cold = texts[:WARMUP], texts[WARMUP : WARMUP + args.n]
+    chat_warm, chat_new = texts[WARMUP + args.n : 2 * WARMUP + args.n], texts[2 * WARMUP + args.n :]
+    # short path: the embedded Redis listens on a unix socket in here
+    state = Path(tempfile.mkdtemp(prefix="t2l-bench-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    log = state / "server.log"
+    rows: dict[str, dict[str, list[float]]] = {}
+    started = time.perf_counter()
+    try:
+        with running(state, log) as (client, ready):
+            for text in warm:  # first requests pay for lazy initialisation; keep them out
+                post_adapter(client, text, False)
+                post_adapter(client, text, "l1")
+            rows["cold"] = tier(client, cold, False)
+            rows["l1"] = tier(client, cold, "l1")
+            for text in chat_warm:
+                ttft(client, base_model, args.max_tokens, text)
+                ttft(client, base_model, args.max_tokens)
+            new, base = interleaved(
+                args.n,
+                lambda i: ttft(client, base_model, args.max_tokens, chat_new[i]),
+                lambda i: ttft(client, base_model, args.max_tokens),
+            )
+            rows["ttft_new"], rows["ttft_base"] = {"client": new}, {"client": base}
+        with running(state, log) as (client, _):  # same state dir: Redis has them, L1 is empty
+            for text in warm:
+                post_adapter(client, text, "redis")
+            rows["redis"] = tier(client, cold, "redis")
+    except BaseException:
+        if log.exists():
+            print(f"server log ({log}), last lines:\n" + "\n".join(log.read_text().splitlines()[-20:]))
+        raise
+    finally:
+        if not args.keep_state:
+            shutil.rmtree(state, ignore_errors=True)
+    wall_s = time.perf_counter() - started
+
+    result: dict = {}
+    for key in ("cold", "l1", "redis"):
+        result[f"adapters_{key}"] = stats(rows[key]["client"])
+        result[f"adapters_{key}_server"] = stats(rows[key]["server"])
+        for part in ("embed", "hypernet"):
+            if part in rows[key]:
+                result[f"adapters_{key}_server_{part}"] = stats(rows[key][part])
+    result["ttft_new_description"] = stats(rows["ttft_new"]["client"])
+    result["ttft_base"] = stats(rows["ttft_base"]["client"])
+    new_p50, base_p50 = result["ttft_new_description"]["p50"], result["ttft_base"]["p50"]
+    result["ttft_p50_diff_ms"] = new_p50 - base_p50
+    result["ttft_p50_ratio"] = new_p50 / base_p50
+    # the same difference per interleaved pair: robust to the drift both members of a pair share
+    pairs = [a - b for a, b in zip(rows["ttft_new"]["client"], rows["ttft_base"]["client"], strict=True)]
+    result["ttft_paired_diff"] = stats(pairs)
+    result["targets_ms"] = {
+        **{f"adapters_{k}_p50": v for k, v in TARGETS_MS.items()},
+        "ttft_new_minus_base_p50": TARGET_TTFT_EXTRA_MS,
+    }
+    result["met"] = {
+        **{f"adapters_{k}_p50": result[f"adapters_{k}"]["p50"] <= v for k, v in TARGETS_MS.items()},
+        "ttft_new_minus_base_p50": result["ttft_p50_diff_ms"] <= TARGET_TTFT_EXTRA_MS,
+    }
+    result["samples_ms"] = {f"{k}_{part}": v for k, parts in rows.items() for part, v in parts.items()}
+    result["setup"] = {
+        "checkpoint": ready["checkpoint"],
+        "checkpoint_status": ready["checkpoint_status"],
+        "checkpoint_setting": str(settings.checkpoint) if settings.checkpoint else "default",
+        "base": settings.base_model,
+        "n": args.n,
+        "warmup": WARMUP,
+        "max_tokens": args.max_tokens,
+        "prompt": PROMPT,
+        "redis_tier": "server restarted on the same state dir (empty L1, embedded Redis reloaded)",
+        "python": platform.python_version(),
+        "torch": metadata.version("torch"),
+        "cpus": os.cpu_count(),
+        "device": settings.device,
+        "wall_s": wall_s,
+    }
+
+    labels = {
+        "adapters_cold": ("POST /v1/adapters cold", f"<= {TARGETS_MS['cold']:.0f}"),
+        "adapters_cold_server": ("  (server-side store time)", ""),
+        "adapters_cold_server_embed": ("  (server-side: embed)", ""),
+        "adapters_cold_server_hypernet": ("  (server-side: hypernet)", ""),
+        "adapters_l1": ("POST /v1/adapters L1 hit", f"<= {TARGETS_MS['l1']:.0f}"),
+        "adapters_l1_server": ("  (server-side store time)", ""),
+        "adapters_redis": ("POST /v1/adapters Redis hit", f"<= {TARGETS_MS['redis']:.0f}"),
+        "adapters_redis_server": ("  (server-side store time)", ""),
+        "ttft_base": ("chat TTFT base model", ""),
+        "ttft_new_description": ("chat TTFT new description", f"<= base + {TARGET_TTFT_EXTRA_MS:.0f}"),
+    }
+    met = {
+        "adapters_cold": result["met"]["adapters_cold_p50"],
+        "adapters_l1": result["met"]["adapters_l1_p50"],
+        "adapters_redis": result["met"]["adapters_redis_p50"],
+        "ttft_new_description": result["met"]["ttft_new_minus_base_p50"],
+    }
+    print(f"{'measurement':<32}{'p50 ms':>9}{'p95 ms':>9}  {'target p50 ms':<16}verdict")
+    for key, (label, target) in labels.items():
+        verdict = ("met" if met[key] else "MISSED") if key in met else ""
+        print(f"{label:<32}{result[key]['p50']:>9.2f}{result[key]['p95']:>9.2f}  {target:<16}{verdict}")
+    print(
+        f"TTFT new − base, p50: {result['ttft_p50_diff_ms']:+.2f} ms "
+        f"(x{result['ttft_p50_ratio']:.2f}); n = {args.n} per row, checkpoint {ready['checkpoint']} "
+        f"({ready['checkpoint_status']}), {wall_s:.0f} s"
+    )
+    paired = result["ttft_paired_diff"]
+    print(f"TTFT new − base per interleaved pair: p50 {paired['p50']:+.2f} ms, p95 {paired['p95']:+.2f} ms")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

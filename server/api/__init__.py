@@ -1,0 +1,1 @@
+"""HTTP API: one router per resource, the OpenAI-style protocol models, and error translation."""

@@ -1,0 +1,185 @@
+"""/v1/chat/completions, OpenAI-compatible, with an adapter from ``task_description`` or ``model``.
+
+``model`` = the base model's name means no adapter; ``model`` = an adapter id uses that adapter;
+``task_description`` generates (or reuses) the adapter for that task. ``stream: true`` sends OpenAI
+server-sent-event chunks ending with ``data: [DONE]``.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from server.api.deps import check_description, service
+from server.api.protocol import (
+    AdapterRef,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    Usage,
+)
+from server.engine import Delta, Finished, Job, QueueFull, Sampling
+from server.errors import APIError, error_body
+from server.service import Service
+from server.slots import EMPTY
+from server.store import Record
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+async def resolve_adapter(svc: Service, req: ChatRequest) -> tuple[Record | None, AdapterRef | None]:
+    if req.task_description is not None:
+        if req.model != svc.base_name:
+            raise APIError(
+                422,
+                "task_description makes its own adapter: set model to the base model",
+                "model",
+                "conflict",
+            )
+        check_description(svc, req.task_description, "task_description")
+        lookup = await svc.store.get_or_create(req.task_description)
+        return lookup.record, AdapterRef(id=lookup.record.id, cached=lookup.cached or False)
+    if req.model == svc.base_name:
+        return None, None
+    found = await svc.store.get(req.model)
+    if found is None:
+        raise APIError(
+            404,
+            f"model {req.model!r} is neither the base model nor a stored adapter",
+            "model",
+            "model_not_found",
+        )
+    record, tier = found
+    return record, AdapterRef(id=record.id, cached=tier or False)
+
+
+def sampling(svc: Service, req: ChatRequest) -> Sampling:
+    name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    asked = req.max_completion_tokens or req.max_tokens
+    cap = svc.settings.max_tokens_cap
+    if asked is not None and asked > cap:
+        raise APIError(422, f"{name}={asked} is over this server's cap of {cap}", name, "too_large")
+    limit = asked or min(svc.settings.default_max_tokens, cap)
+    return Sampling(limit, req.temperature, req.top_p, req.stops(), req.seed)
+
+
+def prompt_ids(svc: Service, req: ChatRequest) -> list[int]:
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+    ]
+    ids = svc.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    ids = list(ids["input_ids"])
+    if len(ids) > svc.settings.max_prompt_tokens:
+        limit = svc.settings.max_prompt_tokens
+        message = f"the prompt has {len(ids)} tokens; the limit is {limit}"
+        raise APIError(400, message, "messages", "context_length_exceeded")
+    return ids
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    req: ChatRequest, svc: Annotated[Service, Depends(service)]
+) -> ChatCompletion | StreamingResponse:
+    params = sampling(svc, req)
+    prompt = prompt_ids(svc, req)
+    record, ref = await resolve_adapter(svc, req)
+    slot = await svc.bank.acquire(record.id, record.adapter) if record else EMPTY
+    job = Job(prompt, slot, params, asyncio.get_running_loop())
+    try:
+        svc.engine.submit(job)
+    except QueueFull as err:
+        await svc.bank.release(slot)
+        raise APIError(
+            429,
+            "the server is busy: too many queued requests",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from err
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(
+            stream(svc, job, slot, completion_id, created, req.model, ref, include_usage),
+            media_type="text/event-stream",
+        )
+    text, finished = [], None
+    try:
+        while finished is None:
+            event = await job.events.get()
+            if isinstance(event, Delta):
+                text.append(event.text)
+            else:
+                finished = event
+    finally:
+        job.cancelled.set()
+        await svc.bank.release(slot)
+    if finished.reason == "error":
+        raise APIError(500, finished.error or "generation failed")
+    return ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=req.model,
+        choices=[Choice(message=AssistantMessage(content="".join(text)), finish_reason=finished.reason)],
+        usage=usage(finished),
+        adapter=ref,
+    )
+
+
+def usage(finished: Finished) -> Usage:
+    total = finished.prompt_tokens + finished.completion_tokens
+    return Usage(
+        prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens, total_tokens=total
+    )
+
+
+async def stream(
+    svc: Service,
+    job: Job,
+    slot: int,
+    completion_id: str,
+    created: int,
+    model: str,
+    ref: AdapterRef | None,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """SSE chunks as the engine produces text; a client that leaves cancels the job and frees the slot."""
+
+    def chunk(delta: DeltaMessage, finish: str | None = None, **extra) -> str:
+        body = ChatCompletionChunk(
+            id=completion_id,
+            created=created,
+            model=model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if delta is not None else [],
+            **extra,
+        )
+        return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+
+    try:
+        yield chunk(DeltaMessage(role="assistant", content=""), adapter=ref)
+        while True:
+            event = await job.events.get()
+            if isinstance(event, Delta):
+                yield chunk(DeltaMessage(content=event.text))
+                continue
+            if event.reason == "error":
+                yield f"data: {json.dumps(error_body(500, event.error or 'generation failed'))}\n\n"
+            else:
+                yield chunk(DeltaMessage(), event.reason)
+                if include_usage:
+                    yield chunk(None, usage=usage(event))
+            break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()
+        await svc.bank.release(slot)

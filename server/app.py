@@ -1,0 +1,43 @@
+"""The FastAPI application: factory, lifespan (models load once), routers and error handlers."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hypernet.errors import T2LError
+from server import errors
+from server.api import adapters, chat, health, models
+from server.auth import ApiKeyMiddleware
+from server.service import Service
+from server.settings import ServerSettings
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = Service(settings)
+        app.state.service = svc
+        app.state.startup_error = None
+        try:
+            await svc.start()
+            yield
+        except T2LError as err:  # a user's mistake (bad path, wrong model): reported in one line by the CLI
+            app.state.startup_error = str(err)
+            raise
+        finally:
+            await svc.stop()
+
+    app = FastAPI(
+        title="T2L server",
+        description="Text-to-LoRA: task descriptions become LoRA adapters in one hypernetwork forward pass.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    for router in (adapters.router, chat.router, models.router, health.router):
+        app.include_router(router)
+    return app

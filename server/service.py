@@ -1,0 +1,101 @@
+"""The running service's parts, built once at start-up and closed at shutdown.
+
+The base model stays resident with its target linears wrapped once for batched LoRA; the slot bank,
+the engine thread, the adapter store and Redis (embedded or external) hang off it.
+"""
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import torch
+
+from hypernet.base import load_base, spec_of
+from hypernet.checkpoint import check_compatible, default_checkpoint
+from hypernet.errors import T2LError
+from hypernet.generator import AdapterGenerator
+from hypernet.lora import LoraLayers
+from server.engine import Engine
+from server.redis_server import EmbeddedRedis
+from server.settings import ServerSettings
+from server.slots import SlotBank
+from server.store import AdapterStore, L1Cache
+
+log = logging.getLogger("t2l.server")
+
+
+class Service:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.embedded: EmbeddedRedis | None = None
+        self._watch: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        device = s.torch_device()
+        path: Path = s.checkpoint or default_checkpoint(s.checkpoints_dir)
+        self.generator = await asyncio.to_thread(
+            AdapterGenerator.load, path, None, device, s.trust_remote_code
+        )
+        config = self.generator.config
+        self.checkpoint = config
+        if config.status == "untrained":
+            log.warning(
+                "checkpoint %s (%s) is UNTRAINED: every adapter it makes is the identity (B = 0) "
+                "and answers equal the base model's",
+                path,
+                config.id,
+            )
+        self.model, self.tokenizer = await asyncio.to_thread(
+            load_base, s.base_model, s.checkpoints_dir, torch.float32, device
+        )
+        if not self.tokenizer.chat_template:
+            raise T2LError(f"base model {s.base_model!r} has no chat template")
+        check_compatible(config, path, base=spec_of(self.model, s.base_model, list(config.base.modules)))
+        self.base_name = s.base_model
+        self.bank = SlotBank(config.base, config.hypernet.rank, s.slots, device)
+        self.engine = Engine(
+            self.model,
+            self.tokenizer,
+            LoraLayers(self.model, config.base),
+            self.bank,
+            config.hypernet.scaling,
+            s.max_batch,
+            s.batch_window_ms,
+            s.max_queue,
+        )
+        self.engine.start()
+        url = s.redis_url
+        if url is None:
+            self.embedded = EmbeddedRedis(s.state_dir)
+            url = await asyncio.to_thread(self.embedded.start)
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.store = AdapterStore(
+            self.generator, self.redis, L1Cache(s.l1_max_adapters, s.l1_max_bytes), s.adapter_ttl_s
+        )
+        if not await self.store.ping():
+            log.warning("Redis at %s is unreachable: starting degraded (L1 and generation only)", url)
+        self._watch = asyncio.create_task(self._watch_redis())
+        log.info("ready: base %s, checkpoint %s (%s), Redis %s", s.base_model, config.id, config.status, url)
+
+    async def _watch_redis(self) -> None:
+        """Ping Redis often while it is down (to resume writes), now and then while it is up."""
+        while True:
+            await asyncio.sleep(1.0 if self.store.degraded else 5.0)
+            await self.store.ping()
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if hasattr(self, "store"):
+            await self.store.flush()
+        if hasattr(self, "engine"):
+            await asyncio.to_thread(self.engine.stop)
+        if hasattr(self, "redis"):
+            await self.redis.aclose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)

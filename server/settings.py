@@ -1,0 +1,37 @@
+"""Server settings: the library's settings plus the service's, one class, environment prefix ``T2L_``."""
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from hypernet.settings import REPO_ROOT, Settings
+
+
+class ServerSettings(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    state_dir: Path = Field(REPO_ROOT / "var", description="embedded Redis socket and data live here")
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset = embedded private Redis")
+    adapter_ttl_s: int | None = Field(None, gt=0, description="Redis expiry of stored adapters; unset = keep")
+    l1_max_adapters: int = Field(256, ge=1)
+    l1_max_mb: float = Field(512.0, gt=0)
+    slots: int = Field(8, ge=1, description="adapter slots resident in the model")
+    max_batch: int = Field(8, ge=1, description="sequences decoded together")
+    batch_window_ms: float = Field(5.0, ge=0, description="how long a new batch waits for company")
+    max_queue: int = Field(64, ge=1, description="queued requests before 429")
+    max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request names none")
+    max_prompt_tokens: int = Field(2048, ge=1)
+    max_description_chars: int = Field(4000, ge=1)
+    api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list; empty = no auth")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"T2L_REDIS_URL={value!r} must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @property
+    def l1_max_bytes(self) -> int:
+        return int(self.l1_max_mb * 2**20)

@@ -1,0 +1,278 @@
+"""Where adapters live: L1 (in-process LRU of ready tensors) → L2 (Redis) → generate.
+
+An adapter's id is a content hash of (normalised description, checkpoint id, base fingerprint), so every
+replica names the same adapter the same way. Concurrent requests for one new id generate it once.
+Redis holds each adapter as safetensors bytes plus a metadata hash; an entry whose checksum, shapes,
+fingerprint or checkpoint do not match is discarded and regenerated, never trusted. When Redis is down
+the store keeps serving from L1 and by generating, reports itself degraded, and writes the adapters it
+could not store once Redis answers again.
+"""
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hypernet.adapter import LoraAdapter
+from hypernet.embed import normalize_description
+from hypernet.errors import T2LError
+from hypernet.generator import AdapterGenerator
+
+log = logging.getLogger("t2l.store")
+KEY = "t2l:adapter:"
+INDEX = "t2l:adapters"
+Tier = Literal["l1", "redis"] | None
+
+
+@dataclass
+class Record:
+    """A ready adapter and what the API says about it."""
+
+    id: str
+    adapter: LoraAdapter
+    created: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.adapter.nbytes
+
+
+@dataclass
+class Lookup:
+    record: Record
+    cached: Tier
+    timings_ms: dict[str, float]
+
+
+class L1Cache:
+    """LRU of ready adapters, bounded in count and in bytes."""
+
+    def __init__(self, max_items: int, max_bytes: int):
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict[str, Record] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, adapter_id: str) -> Record | None:
+        record = self._items.get(adapter_id)
+        if record is not None:
+            self._items.move_to_end(adapter_id)
+        return record
+
+    def put(self, record: Record) -> None:
+        self.pop(record.id)
+        self._items[record.id] = record
+        self.nbytes += record.nbytes
+        while len(self._items) > self.max_items or (self.nbytes > self.max_bytes and len(self._items) > 1):
+            _, evicted = self._items.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def pop(self, adapter_id: str) -> Record | None:
+        record = self._items.pop(adapter_id, None)
+        if record is not None:
+            self.nbytes -= record.nbytes
+        return record
+
+    def records(self) -> list[Record]:
+        return list(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class AdapterStore:
+    """The adapter tiers and the single-flight generation behind them."""
+
+    def __init__(
+        self,
+        generator: AdapterGenerator,
+        redis: aioredis.Redis | None,
+        l1: L1Cache,
+        ttl_s: int | None = None,
+    ):
+        self.generator, self.redis, self.l1, self.ttl_s = generator, redis, l1, ttl_s
+        self.checkpoint_id = generator.config.id
+        self.fingerprint = generator.config.base.fingerprint
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # id → (lock, [users])
+        self._unsynced: set[str] = set()
+        self._writes: set[asyncio.Task] = set()  # Redis writes in flight, awaited by ``flush``
+        self.degraded = False
+        self.generations = 0  # how many adapters this process generated (tests count single-flight)
+
+    def adapter_id(self, description: str) -> str:
+        text = normalize_description(description)
+        key = f"{text}\0{self.checkpoint_id}\0{self.fingerprint}".encode()
+        return "t2l-" + hashlib.sha256(key).hexdigest()[:32]
+
+    # ---- Redis, every call guarded: an outage degrades the store, never fails a request
+
+    async def _redis_call(self, what: str, call):
+        if self.redis is None:
+            return None
+        try:
+            result = await call(self.redis)
+        except (RedisError, OSError) as err:
+            if not self.degraded:
+                log.warning("Redis unreachable during %s (%s): serving from L1 and generation", what, err)
+            self.degraded = True
+            return None
+        return result
+
+    async def ping(self) -> bool:
+        """Check Redis; on recovery, write what could not be written while it was down."""
+        if self.redis is None:
+            return False
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError):
+            self.degraded = True
+            return False
+        if self.degraded:
+            self.degraded = False
+            for adapter_id in list(self._unsynced):
+                record = self.l1.get(adapter_id)
+                if record is None or await self._write(record):
+                    self._unsynced.discard(adapter_id)
+            log.info("Redis reachable again")
+        return True
+
+    def _write_later(self, record: Record) -> None:
+        """Store in Redis without making the request wait; ``flush`` awaits what is in flight."""
+        task = asyncio.create_task(self._write(record))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def flush(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes)
+
+    async def _write(self, record: Record) -> bool:
+        """Store one adapter; False (and remembered for a later retry) when Redis is unreachable."""
+        data = await asyncio.to_thread(record.adapter.to_bytes)
+        fields = {
+            "data": data,
+            "checksum": hashlib.sha256(data).hexdigest(),
+            "description": record.adapter.description,
+            "base_fingerprint": self.fingerprint,
+            "checkpoint": self.checkpoint_id,
+            "created": str(record.created),
+        }
+
+        async def write(r: aioredis.Redis) -> bool:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hset(KEY + record.id, mapping=fields)
+                if self.ttl_s:
+                    pipe.expire(KEY + record.id, self.ttl_s)
+                pipe.zadd(INDEX, {record.id: time.time()}, nx=True)  # listing order: first stored first
+                await pipe.execute()
+            return True
+
+        if await self._redis_call("write", write):
+            return True
+        self._unsynced.add(record.id)
+        return False
+
+    async def _read(self, adapter_id: str) -> Record | None:
+        fields = await self._redis_call("read", lambda r: r.hgetall(KEY + adapter_id))
+        if not fields:
+            return None
+        try:
+            data = fields[b"data"]
+            if hashlib.sha256(data).hexdigest() != fields[b"checksum"].decode():
+                raise T2LError("checksum mismatch")
+            if fields[b"base_fingerprint"].decode() != self.fingerprint:
+                raise T2LError("made for another base")
+            if fields[b"checkpoint"].decode() != self.checkpoint_id:
+                raise T2LError("made by another checkpoint")
+            adapter = LoraAdapter.from_bytes(data)
+            if (
+                adapter.base.fingerprint != self.fingerprint
+                or adapter.rank != self.generator.config.hypernet.rank
+            ):
+                raise T2LError("tensors made for another base or rank")
+            return Record(adapter_id, adapter, int(fields[b"created"]))
+        except Exception as err:  # whatever is wrong with an entry, it is not trusted: discard it
+            log.warning("discarding Redis entry %s: %s", adapter_id, err)
+            await self._redis_call("discard", lambda r: r.delete(KEY + adapter_id))
+            await self._redis_call("discard", lambda r: r.zrem(INDEX, adapter_id))
+            return None
+
+    # ---- the public API
+
+    async def get_or_create(self, description: str) -> Lookup:
+        """The adapter for ``description``, from the fastest tier that has it."""
+        start = time.perf_counter()
+        adapter_id = self.adapter_id(description)
+        record = self.l1.get(adapter_id)
+        if record is not None:
+            return Lookup(record, "l1", {"total": (time.perf_counter() - start) * 1000})
+        lock, users = self._locks.setdefault(adapter_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                record = self.l1.get(adapter_id)
+                if record is not None:
+                    return Lookup(record, "l1", {"total": (time.perf_counter() - start) * 1000})
+                record = await self._read(adapter_id)
+                if record is not None:
+                    self.l1.put(record)
+                    return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
+                (adapter,), timings = await asyncio.to_thread(self.generator.generate, [description])
+                self.generations += 1
+                record = Record(adapter_id, adapter, int(time.time()))
+                self.l1.put(record)
+                self._write_later(record)
+                return Lookup(
+                    record,
+                    None,
+                    {
+                        "embed": timings.embed_ms,
+                        "hypernet": timings.hypernet_ms,
+                        "total": (time.perf_counter() - start) * 1000,
+                    },
+                )
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[adapter_id]
+
+    async def get(self, adapter_id: str) -> tuple[Record, Tier] | None:
+        """A stored adapter by id (L1, then Redis), or None."""
+        record = self.l1.get(adapter_id)
+        if record is not None:
+            return record, "l1"
+        record = await self._read(adapter_id)
+        if record is None:
+            return None
+        self.l1.put(record)
+        return record, "redis"
+
+    async def delete(self, adapter_id: str) -> bool:
+        """Remove from every tier; True when some tier had it."""
+        await self.flush()  # a write still in flight would bring the adapter back
+        in_l1 = self.l1.pop(adapter_id) is not None
+        self._unsynced.discard(adapter_id)
+
+        async def delete(r: aioredis.Redis) -> int:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.delete(KEY + adapter_id)
+                pipe.zrem(INDEX, adapter_id)
+                removed, _ = await pipe.execute()
+            return int(removed)
+
+        return bool(await self._redis_call("delete", delete)) or in_l1
+
+    async def list_ids(self, limit: int, after: str | None = None) -> tuple[list[str], bool]:
+        """Adapter ids, oldest first, ``limit`` at a time after id ``after``; and whether more follow."""
+        ids = await self._redis_call("list", lambda r: r.zrange(INDEX, 0, -1))
+        ordered = [i.decode() for i in ids] if ids is not None else []
+        known = set(ordered)
+        ordered += [r.id for r in sorted(self.l1.records(), key=lambda r: r.created) if r.id not in known]
+        if after is not None:
+            ordered = ordered[ordered.index(after) + 1 :] if after in ordered else []
+        return ordered[:limit], len(ordered) > limit

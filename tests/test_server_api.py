@@ -1,0 +1,220 @@
+"""The HTTP API over real HTTP (uvicorn on loopback) with a real Redis server."""
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.server_harness import running_server
+
+MATH = "Answer grade-school math word problems, show the steps."
+FRENCH = "Translate English sentences into French."
+
+
+@pytest.fixture
+def server(server_settings):
+    with running_server(server_settings()) as running:
+        yield running
+
+
+def chat(server, content: str, **fields) -> httpx.Response:
+    body = {
+        "model": server.service.base_name,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 8,
+        "temperature": 0,
+    } | fields
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+
+
+def test_adapter_round_trip(server):
+    url = f"{server.url}/v1/adapters"
+    first = httpx.post(url, json={"description": MATH}).json()
+    assert first["id"].startswith("t2l-") and first["object"] == "adapter" and first["cached"] is False
+    assert first["timings_ms"]["embed"] > 0 and first["timings_ms"]["hypernet"] > 0
+    assert first["rank"] == 4 and first["target_modules"] == ["q_proj", "v_proj"]
+    assert first["checkpoint_status"] == "untrained" and first["base_model"] == server.service.base_name
+    again = httpx.post(
+        url, json={"description": "  Answer grade-school math word problems,   show the steps"}
+    )
+    assert again.json()["id"] == first["id"] and again.json()["cached"] == "l1"
+    assert httpx.get(f"{url}/{first['id']}").json()["description"] == MATH
+
+    ids = [first["id"]] + [
+        httpx.post(url, json={"description": f"task number {i}"}).json()["id"] for i in range(3)
+    ]
+    page = httpx.get(url, params={"limit": 3}).json()
+    assert [a["id"] for a in page["data"]] == ids[:3] and page["has_more"] is True
+    rest = httpx.get(url, params={"limit": 3, "after": page["last_id"]}).json()
+    assert [a["id"] for a in rest["data"]] == ids[3:] and rest["has_more"] is False
+
+    assert httpx.delete(f"{url}/{first['id']}").json() == {
+        "id": first["id"],
+        "object": "adapter",
+        "deleted": True,
+    }
+    assert httpx.get(f"{url}/{first['id']}").status_code == 404
+    assert httpx.delete(f"{url}/{first['id']}").status_code == 404
+    assert httpx.post(url, json={"description": MATH}).json()["cached"] is False  # regenerated after delete
+
+
+def test_chat_inline_description_then_by_adapter_id(server):
+    inline = chat(server, "What is 2 + 3?", task_description=MATH).json()
+    assert inline["object"] == "chat.completion" and inline["choices"][0]["finish_reason"] in (
+        "stop",
+        "length",
+    )
+    assert inline["adapter"]["cached"] is False and inline["usage"]["completion_tokens"] >= 1
+    assert (
+        inline["usage"]["total_tokens"]
+        == inline["usage"]["prompt_tokens"] + inline["usage"]["completion_tokens"]
+    )
+    by_id = chat(server, "What is 2 + 3?", model=inline["adapter"]["id"]).json()
+    assert by_id["adapter"] == {"id": inline["adapter"]["id"], "cached": "l1"}
+    assert by_id["choices"][0]["message"]["content"] == inline["choices"][0]["message"]["content"]
+    base = chat(server, "What is 2 + 3?").json()
+    assert base["adapter"] is None
+    assert base["choices"][0]["message"]["content"] != inline["choices"][0]["message"]["content"]
+
+
+def test_streaming_sends_chunks_ending_with_done_and_the_same_text(server):
+    plain = chat(server, "Name a colour.", task_description=FRENCH).json()
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": server.service.base_name,
+            "task_description": FRENCH,
+            "stream": True,
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[0]["adapter"]["cached"] == "l1"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain["choices"][0]["message"]["content"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert chunks[-1]["usage"] == plain["usage"]
+
+
+def test_openai_client_chat_stream_and_models(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    base = server.service.base_name
+    reply = client.chat.completions.create(
+        model=base,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=6,
+        temperature=0,
+        extra_body={"task_description": MATH},
+    )
+    assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens >= 1
+    adapter_id = reply.model_extra["adapter"]["id"]
+    pieces = client.chat.completions.create(
+        model=adapter_id,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+    assert streamed == reply.choices[0].message.content
+    models = {m.id: m for m in client.models.list().data}
+    assert models[base].model_extra["parent"] is None
+    assert models[base].model_extra["checkpoint_status"] == "untrained"
+    assert models[adapter_id].model_extra["parent"] == base
+
+
+def test_concurrent_requests_for_one_new_description_generate_once(server):
+    async def burst() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            replies = await asyncio.gather(
+                *[
+                    client.post("/v1/adapters", json={"description": "Detect sarcasm in tweets."})
+                    for _ in range(20)
+                ]
+            )
+        return [r.json() for r in replies]
+
+    before = server.service.store.generations
+    replies = asyncio.run(burst())
+    assert server.service.store.generations - before == 1
+    assert len({r["id"] for r in replies}) == 1
+    assert sorted(str(r["cached"]) for r in replies).count("False") == 1
+
+
+def test_adapters_survive_a_restart_in_redis(server_settings):
+    settings = server_settings()
+    with running_server(settings) as first:
+        created = httpx.post(f"{first.url}/v1/adapters", json={"description": MATH}).json()
+    with running_server(settings) as second:
+        again = httpx.post(f"{second.url}/v1/adapters", json={"description": MATH}).json()
+        assert again["id"] == created["id"] and again["cached"] == "redis"
+        assert second.service.store.generations == 0
+        by_id = httpx.get(f"{second.url}/v1/adapters/{created['id']}")
+        assert by_id.json()["cached"] == "l1"
+
+
+def test_two_adapters_in_one_batch_match_each_alone(server_settings):
+    with running_server(server_settings(batch_window_ms=300.0)) as server:
+        for description in (MATH, FRENCH):  # make both adapters first, so both requests arrive together
+            httpx.post(f"{server.url}/v1/adapters", json={"description": description})
+
+        async def together() -> list[dict]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                body = {
+                    "model": server.service.base_name,
+                    "max_tokens": 10,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": "Tell me something."}],
+                }
+                replies = await asyncio.gather(
+                    *[
+                        client.post("/v1/chat/completions", json=body | {"task_description": d})
+                        for d in (MATH, FRENCH)
+                    ]
+                )
+            return [r.json()["choices"][0]["message"]["content"] for r in replies]
+
+        batches = server.service.engine.batches
+        pair = asyncio.run(together())
+        assert server.service.engine.batches == batches + 1  # both rows decoded in one batch
+        alone = [
+            chat(server, "Tell me something.", task_description=d, max_tokens=10).json()["choices"][0][
+                "message"
+            ]["content"]
+            for d in (MATH, FRENCH)
+        ]
+        assert pair == alone
+        assert pair[0] != pair[1]
+
+
+def test_a_client_that_disconnects_frees_its_slot(server_settings):
+    with running_server(server_settings(max_tokens_cap=400)) as server:
+        body = {
+            "model": server.service.base_name,
+            "task_description": MATH,
+            "stream": True,
+            "max_tokens": 400,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Go on."}],
+        }
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+            next(response.iter_lines())
+            assert sum(server.service.bank.pins) == 1  # pinned while the request runs
+        deadline = time.monotonic() + 10
+        while sum(server.service.bank.pins) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sum(server.service.bank.pins) == 0
+        reply = chat(server, "Still there?", task_description=MATH).json()  # the engine moved on
+        assert reply["choices"][0]["finish_reason"] in ("stop", "length")

@@ -1,0 +1,67 @@
+"""The slot bank: in-place activation, pinning, LRU eviction, waiting when every slot is pinned."""
+
+import asyncio
+
+import pytest
+import torch
+
+from server.slots import EMPTY, SlotBank
+from tests.test_lora import random_adapter
+
+
+@pytest.fixture
+def bank(tiny_spec) -> SlotBank:
+    return SlotBank(tiny_spec, rank=4, slots=2)
+
+
+def test_activation_copies_in_place_and_gather_gives_each_rows_adapter(bank, tiny_spec):
+    a, b = random_adapter(tiny_spec, 1), random_adapter(tiny_spec, 2)
+    storage = {m: t.data_ptr() for m, t in bank.A.items()}
+
+    async def run() -> tuple[int, int, int]:
+        return await bank.acquire("a", a), await bank.acquire("b", b), await bank.acquire("a", a)
+
+    slot_a, slot_b, again = asyncio.run(run())
+    assert slot_a != slot_b and again == slot_a and bank.pins[slot_a] == 2
+    assert {m: t.data_ptr() for m, t in bank.A.items()} == storage  # no new tensors
+    A, B = bank.gather([slot_b, EMPTY, slot_a])
+    for m in A:
+        assert torch.equal(A[m][0], b.A[m]) and torch.equal(B[m][2], a.B[m])
+        assert torch.count_nonzero(B[m][1]) == 0  # the empty slot leaves the base model alone
+    assert len(bank.activations_ms) == 2
+
+
+def test_least_recently_used_unpinned_slot_is_reused_and_pinned_ones_are_kept(bank, tiny_spec):
+    async def run() -> None:
+        slot_a = await bank.acquire("a", random_adapter(tiny_spec, 1))
+        slot_b = await bank.acquire("b", random_adapter(tiny_spec, 2))
+        await bank.release(slot_a)
+        slot_c = await bank.acquire("c", random_adapter(tiny_spec, 3))
+        assert slot_c == slot_a and bank.slot_of("a") is None and bank.slot_of("b") == slot_b
+
+    asyncio.run(run())
+
+
+def test_a_request_waits_while_every_slot_is_pinned(bank, tiny_spec):
+    async def run() -> None:
+        held = [await bank.acquire(name, random_adapter(tiny_spec, i)) for i, name in enumerate("ab")]
+        waiter = asyncio.create_task(bank.acquire("c", random_adapter(tiny_spec, 9)))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # never evicts a slot in use
+        await bank.release(held[1])
+        assert await asyncio.wait_for(waiter, 1) == held[1]
+        assert bank.slot_of("a") == held[0]
+
+    asyncio.run(run())
+
+
+def test_evict_forgets_only_unpinned_slots(bank, tiny_spec):
+    async def run() -> None:
+        slot = await bank.acquire("a", random_adapter(tiny_spec, 1))
+        bank.evict("a")
+        assert bank.slot_of("a") == slot  # still in use
+        await bank.release(slot)
+        bank.evict("a")
+        assert bank.slot_of("a") is None
+
+    asyncio.run(run())
