@@ -161,6 +161,9 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     p.add_argument("gguf", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(run=cmd_convert_gguf)
+    from hypernet.train.cli import add_train
+
+    add_train(sub)
     if extend is not None:
         extend(sub)
     return parser

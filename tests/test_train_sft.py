@@ -1,0 +1,86 @@
+"""SFT of the hypernetwork through a frozen tiny base: the loss falls, and a resumed run is exact."""
+
+import shutil
+
+import pytest
+import torch
+
+from hypernet.base import load_base
+from hypernet.checkpoint import load_checkpoint
+from hypernet.data.sni import IGNORE, Task, encode_example, load_tasks
+from hypernet.train.plot import plot_losses
+from hypernet.train.sft import SFTConfig, SFTTrainer
+from tests.conftest import CHECKPOINTS
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "candle", "forest", "mirror"]
+
+
+def toy_tasks() -> list[Task]:
+    """Three tasks that map a word differently, each described several ways."""
+    return [
+        Task("upper", ["Write the word in capital letters.", "Uppercase the given word."],
+             [{"input": w, "output": w.upper()} for w in WORDS]),
+        Task("reverse", ["Spell the word backwards.", "Reverse the letters of the word."],
+             [{"input": w, "output": w[::-1]} for w in WORDS]),
+        Task("first", ["Give only the first letter of the word.", "Answer with the word's initial."],
+             [{"input": w, "output": w[0]} for w in WORDS]),
+    ]  # fmt: skip
+
+
+def make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, out, **cfg) -> SFTTrainer:
+    base, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    hypernet, config = load_checkpoint(tiny_chat_checkpoint)
+    with torch.no_grad():  # start from the identity adapter, as `t2l init` does
+        for head in hypernet.heads.values():
+            head.weight.zero_()
+    settings = SFTConfig(**({"tasks_per_step": 3, "examples_per_task": 2, "warmup_steps": 2} | cfg))
+    tasks = toy_tasks()
+    return SFTTrainer(base, tokenizer, hypernet, config, embedder, tasks, tasks[:1], settings, out)
+
+
+def test_response_only_labels(tiny_chat_base):
+    _, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    ids, labels = encode_example(tokenizer, "apple", "APPLE", 64)
+    answer = [t for t in labels if t != IGNORE]
+    assert len(ids) == len(labels) and tokenizer.decode(answer).startswith("APPLE")
+    assert labels[: len(labels) - len(answer)] == [IGNORE] * (len(labels) - len(answer))
+    ids, labels = encode_example(tokenizer, "word " * 200, "answer " * 100, 48)
+    assert len(ids) == 48 and sum(t != IGNORE for t in labels) == 24
+
+
+def test_a_few_steps_lower_the_loss(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    trainer = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path, steps=20, lr=1e-2)
+    before = trainer.validate()
+    last = trainer.run()
+    after = trainer.validate()
+    assert last["step"] == 20 and after < before - 0.2, (before, after)
+    assert all(p.grad is None for p in trainer.base.parameters())  # the base stays frozen
+    assert (tmp_path / "state" / "checkpoint" / "config.json").is_file()
+    assert plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_resume_gives_the_same_next_step_loss(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    first = make_trainer(
+        tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path / "a", steps=2, ckpt_every=2
+    )
+    first.run()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    first.cfg.steps = 3
+    uninterrupted, _ = first.train_step()
+
+    resumed = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path / "b", steps=3)
+    assert resumed.load() and resumed.step == 2
+    again, _ = resumed.train_step()
+    assert again == pytest.approx(uninterrupted, abs=1e-6)
+
+
+def test_the_shared_sni_data_loads(tmp_path):
+    from hypernet.settings import Settings
+
+    data_dir = Settings().data_dir
+    if not (data_dir / "sni" / "splits.json").is_file():
+        pytest.skip(f"no SNI data at {data_dir}")
+    train, held_out = load_tasks(data_dir, "train"), load_tasks(data_dir, "eval")
+    assert len(train) > 100 and len(held_out) > 5
+    assert not {t.name for t in train} & {t.name for t in held_out}
+    assert all(len(t.descriptions) > 100 and t.instances for t in train)
