@@ -161,9 +161,11 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     p.add_argument("gguf", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(run=cmd_convert_gguf)
+    from hypernet.eval.cli import add_eval
     from hypernet.train.cli import add_train
 
     add_train(sub)
+    add_eval(sub)
     if extend is not None:
         extend(sub)
     return parser

@@ -1,0 +1,1 @@
+"""Evaluating adapters: metrics, batched generation with per-row adapters, benchmark runners, reports."""

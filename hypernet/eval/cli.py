@@ -1,0 +1,49 @@
+"""``t2l eval sni``: score a checkpoint on the held-out SNI tasks under every condition."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hypernet.base import load_base, spec_of
+from hypernet.checkpoint import check_compatible, default_checkpoint
+from hypernet.data.sni import load_tasks
+from hypernet.eval.report import markdown_table, write_report
+from hypernet.eval.sni import CONDITIONS, EvalConfig, evaluate_sni
+from hypernet.generator import AdapterGenerator
+from hypernet.settings import Settings
+
+
+def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
+    path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
+    device = settings.torch_device()
+    generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
+    check_compatible(
+        generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
+    )
+    tasks = load_tasks(settings.data_dir, args.split)
+    if args.tasks:
+        tasks = tasks[: args.tasks]
+    cfg = EvalConfig(args.examples, args.descriptions, args.max_new_tokens, args.batch_size, args.seed)
+    result = evaluate_sni(model, tokenizer, generator, tasks, tuple(args.conditions), cfg)
+    write_report(result, args.out)
+    print(markdown_table(result))
+    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")
+
+
+def add_eval(sub: Any) -> None:
+    evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(
+        dest="benchmark", required=True
+    )
+    p = evals.add_parser("sni", help="held-out SNI tasks: ROUGE-L and exact match under each condition")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--split", default="eval", choices=["eval", "train"])
+    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    p.add_argument("--examples", type=int, default=10, help="examples per task")
+    p.add_argument("--descriptions", type=int, default=3, help="descriptions per task for t2l")
+    p.add_argument("--tasks", type=int, help="only the first N tasks")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_eval_sni)

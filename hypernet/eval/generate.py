@@ -1,0 +1,45 @@
+"""Greedy generation for a batch of chats, each row under its own adapter (or none)."""
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hypernet.lora import LoraLayers
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    layers: LoraLayers,
+    chats: list[list[dict[str, str]]],
+    adapters: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float] | None,
+    max_new_tokens: int,
+) -> list[str]:
+    """Answers to ``chats``; ``adapters``: per-row A [rows, L, r, in], B [rows, L, out, r], and the scale."""
+    prompts = [
+        tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        for chat in chats
+    ]
+    longest = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left padding, so every row continues from its last token
+        ids[row, longest - len(prompt) :] = torch.tensor(prompt)
+        mask[row, longest - len(prompt) :] = 1
+    if adapters is not None:
+        layers.set(*adapters)
+    try:
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    finally:
+        layers.clear()
+    return [tokenizer.decode(row[longest:], skip_special_tokens=True).strip() for row in out]

@@ -1,0 +1,48 @@
+"""The SNI evaluation: hand-checked metric values and the harness end to end on a tiny model."""
+
+import json
+
+import pytest
+
+from hypernet.base import load_base
+from hypernet.eval.metrics import exact_match, normalize_answer, rouge_l
+from hypernet.eval.report import markdown_table, write_report
+from hypernet.eval.sni import CONDITIONS, EvalConfig, evaluate_sni, garbage
+from hypernet.generator import AdapterGenerator
+from tests.conftest import CHECKPOINTS
+from tests.test_train_sft import toy_tasks
+
+
+def test_metrics_by_hand():
+    # LCS of "the cat sat on the mat" / "the cat is on the mat" is 5 of 6 words each way: F = 5/6
+    assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(100 * 5 / 6)
+    assert rouge_l("running dogs", "dogs run") == pytest.approx(50.0)  # stemmed: run, dog / dog, run
+    assert rouge_l("", "anything") == 0.0
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert exact_match("The cat.", "cat") == 100.0 and exact_match("cats", "cat") == 0.0
+
+
+def test_garbage_descriptions_are_reproducible_and_not_words():
+    assert garbage(3, 1) == garbage(3, 1) != garbage(3, 2)
+    assert all(len(g.split()) == 20 for g in garbage(3, 1))
+
+
+def test_harness_end_to_end(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    generator = AdapterGenerator.load(tiny_chat_checkpoint, embedder=embedder)
+    cfg = EvalConfig(examples=3, descriptions=2, max_new_tokens=4, batch_size=2)
+    result = evaluate_sni(model, tokenizer, generator, toy_tasks()[:2], CONDITIONS, cfg)
+    assert list(result["tasks"]) == ["upper", "reverse"] and result["conditions"] == list(CONDITIONS)
+    for scores in result["tasks"].values():
+        for condition in CONDITIONS:
+            assert scores[condition]["n"] == 3 and 0 <= scores[condition]["rougeL"] <= 100
+    average = result["average"]["base"]["rougeL"]
+    assert average == pytest.approx(sum(s["base"]["rougeL"] for s in result["tasks"].values()) / 2)
+    again = evaluate_sni(model, tokenizer, generator, toy_tasks()[:2], ("t2l",), cfg)
+    assert again["tasks"]["upper"]["t2l"] == result["tasks"]["upper"]["t2l"]  # same inputs, greedy
+
+    write_report(result, tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["average"] == result["average"]
+    table = markdown_table(result)
+    assert table.splitlines()[0] == "| task | base | base+description | t2l | t2l-garbage |"
+    assert "| **average** |" in table and (tmp_path / "result.png").stat().st_size > 0
