@@ -6,7 +6,10 @@ from typing import Any
 
 from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
+from hypernet.data.choice import KNOWN, benchmark_descriptions, load_questions
 from hypernet.data.sni import load_tasks
+from hypernet.errors import T2LError
+from hypernet.eval.choice import evaluate_choice
 from hypernet.eval.report import markdown_table, write_report
 from hypernet.eval.sni import CONDITIONS, EvalConfig, evaluate_sni
 from hypernet.generator import AdapterGenerator
@@ -47,3 +50,35 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_eval_sni)
+
+    p = evals.add_parser("mc", help="multiple choice by option log-likelihood (ARC, BoolQ, OBQA, or a JSONL)")
+    p.add_argument(
+        "benchmark", help=f"one of {', '.join(KNOWN)}, or a JSONL file {{question, choices, answer}}"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--descriptions", type=int, default=3, help="how many of T2L's descriptions to use")
+    p.add_argument("--description", action="append", help="a task description to use (repeatable)")
+    p.set_defaults(run=cmd_eval_choice)
+
+
+def cmd_eval_choice(args: argparse.Namespace, settings: Settings) -> None:
+    path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
+    device = settings.torch_device()
+    generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
+    check_compatible(
+        generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
+    )
+    name, questions = load_questions(args.benchmark, settings.data_dir, args.limit)
+    descriptions = args.description or benchmark_descriptions(settings.data_dir, name)[: args.descriptions]
+    if not descriptions and any(c != "base" for c in args.conditions):
+        raise T2LError(f"no task descriptions for {name!r}: pass --description TEXT")
+    result = evaluate_choice(
+        model, tokenizer, generator, name, questions, descriptions, tuple(args.conditions)
+    )
+    write_report(result, args.out)
+    print(markdown_table(result, "acc"))
+    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")

@@ -37,6 +37,6 @@ def bar_chart(result: dict, out: Path, metric: str = "rougeL") -> Path:
 def write_report(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    tables = [f"## {m}\n\n{markdown_table(result, m)}" for m in ("rougeL", "exact_match")]
+    tables = [f"## {m}\n\n{markdown_table(result, m)}" for m in result["metrics"]]
     (out / "result.md").write_text(f"# {result['benchmark']}\n\n" + "\n".join(tables))
-    bar_chart(result, out / "result.png")
+    bar_chart(result, out / "result.png", result["metrics"][0])

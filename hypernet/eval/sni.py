@@ -98,6 +98,7 @@ def evaluate_sni(
         "checkpoint": generator.config.id,
         "checkpoint_status": generator.config.status,
         "config": asdict(cfg),
+        "metrics": ["rougeL", "exact_match"],
         "conditions": list(conditions),
         "tasks": per_task,
         "average": average,
