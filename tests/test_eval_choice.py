@@ -48,7 +48,7 @@ def test_generic_jsonl_and_bad_rows(tmp_path):
     assert questions[0].choices == [" blue", " red"] and questions[0].answer == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text(good.read_text() + json.dumps({"question": "no choices"}) + "\n")
-    with pytest.raises(T2LError, match="bad.jsonl:2"):
+    with pytest.raises(T2LError, match=r"bad\.jsonl:2"):
         load_questions(str(bad), tmp_path)
 
 
