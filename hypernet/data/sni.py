@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from hypernet.chat import chat_ids
 from hypernet.errors import T2LError
 
 IGNORE = -100  # label of tokens that carry no loss
@@ -57,16 +58,8 @@ def encode_example(
     Too long an exchange keeps the start of its response and the end of its prompt.
     """
     chat = [{"role": "user", "content": prompt}]
-    prefix = list(
-        tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-    )
-    full = list(
-        tokenizer.apply_chat_template(
-            [*chat, {"role": "assistant", "content": response}], tokenize=True, return_dict=True
-        )["input_ids"]
-    )
+    prefix = chat_ids(tokenizer, chat, generation_prompt=True)
+    full = chat_ids(tokenizer, [*chat, {"role": "assistant", "content": response}], generation_prompt=False)
     answer = full[len(prefix) :]
     answer = answer[: max(max_len // 2, max_len - len(prefix))]
     prefix = prefix[-(max_len - len(answer)) :]

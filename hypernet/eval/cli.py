@@ -10,6 +10,7 @@ from hypernet.data.choice import KNOWN, benchmark_descriptions, load_questions
 from hypernet.data.sni import load_tasks
 from hypernet.errors import T2LError
 from hypernet.eval.choice import evaluate_choice
+from hypernet.eval.generative import BENCHMARKS, evaluate_generative, load_problems
 from hypernet.eval.report import markdown_table, write_report
 from hypernet.eval.sni import CONDITIONS, EvalConfig, evaluate_sni
 from hypernet.generator import AdapterGenerator
@@ -63,6 +64,17 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--description", action="append", help="a task description to use (repeatable)")
     p.set_defaults(run=cmd_eval_choice)
 
+    p = evals.add_parser("gen", help="GSM8K accuracy, HumanEval / MBPP pass@1 (greedy, code run sandboxed)")
+    p.add_argument("benchmark", choices=BENCHMARKS)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--descriptions", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=384)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(run=cmd_eval_generative)
+
 
 def cmd_eval_choice(args: argparse.Namespace, settings: Settings) -> None:
     path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
@@ -81,4 +93,31 @@ def cmd_eval_choice(args: argparse.Namespace, settings: Settings) -> None:
     )
     write_report(result, args.out)
     print(markdown_table(result, "acc"))
+    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")
+
+
+def cmd_eval_generative(args: argparse.Namespace, settings: Settings) -> None:
+    path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
+    device = settings.torch_device()
+    generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
+    check_compatible(
+        generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
+    )
+    problems, meta = load_problems(args.benchmark, settings.data_dir, args.limit)
+    descriptions = meta["descriptions"][: args.descriptions]
+    result = evaluate_generative(
+        model,
+        tokenizer,
+        generator,
+        args.benchmark,
+        problems,
+        meta,
+        descriptions,
+        tuple(args.conditions),
+        args.max_new_tokens,
+        args.batch_size,
+    )
+    write_report(result, args.out)
+    print(markdown_table(result, result["metrics"][0]))
     print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")

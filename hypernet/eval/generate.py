@@ -3,6 +3,7 @@
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hypernet.chat import chat_ids
 from hypernet.lora import LoraLayers
 
 
@@ -14,14 +15,12 @@ def generate(
     chats: list[list[dict[str, str]]],
     adapters: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float] | None,
     max_new_tokens: int,
+    prefill: str = "",
+    stop: list[str] | None = None,
 ) -> list[str]:
     """Answers to ``chats``; ``adapters``: per-row A [rows, L, r, in], B [rows, L, out, r], and the scale."""
-    prompts = [
-        tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-        for chat in chats
-    ]
+    prefilled = tokenizer(prefill, add_special_tokens=False)["input_ids"] if prefill else []
+    prompts = [chat_ids(tokenizer, chat, generation_prompt=True) + prefilled for chat in chats]
     longest = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -39,7 +38,11 @@ def generate(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
+            **({"stop_strings": stop, "tokenizer": tokenizer} if stop else {}),
         )
     finally:
         layers.clear()
-    return [tokenizer.decode(row[longest:], skip_special_tokens=True).strip() for row in out]
+    texts = [tokenizer.decode(row[longest:], skip_special_tokens=True) for row in out]
+    if stop:  # rows that stopped before the batch did kept going: cut each at its first stop string
+        texts = [min((t.split(s)[0] for s in stop), key=len) for t in texts]
+    return [t.strip() for t in texts]

@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from hypernet.chat import chat_ids
 from server.api.deps import check_description, service
 from server.api.protocol import (
     AdapterRef,
@@ -76,10 +77,7 @@ def prompt_ids(svc: Service, req: ChatRequest) -> list[int]:
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
     ]
-    ids = svc.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    ids = list(ids["input_ids"])
+    ids = chat_ids(svc.tokenizer, messages, generation_prompt=True)
     if len(ids) > svc.settings.max_prompt_tokens:
         limit = svc.settings.max_prompt_tokens
         message = f"the prompt has {len(ids)} tokens; the limit is {limit}"
