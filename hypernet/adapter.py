@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_bytes
-from safetensors.torch import save_file
 
 from hypernet.base import BaseSpec
 from hypernet.errors import T2LError
@@ -84,6 +84,30 @@ class LoraAdapter:
             f"rsLoRA {self.use_rslora}, targets {', '.join(self.target_modules)}\n{facts}\n\n"
             "Load it with `PeftModel.from_pretrained(base_model, this_folder)`.\n"
         )
+
+    @classmethod
+    def from_peft(cls, folder: Path, base: BaseSpec) -> "LoraAdapter":
+        """Read a PEFT LoRA folder written for ``base`` (ours, or any with the same targets and shapes)."""
+        config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+        if not config_file.is_file() or not weights.is_file():
+            raise T2LError(
+                f"{folder} is not a PEFT LoRA folder: no adapter_config.json or adapter_model.safetensors"
+            )
+        config = json.loads(config_file.read_text())
+        tensors = load_file(str(weights))
+        A, B = {}, {}
+        try:
+            for m in config["target_modules"]:
+                paths = [f"base_model.model.{base.modules[m].at(layer)}" for layer in range(base.num_layers)]
+                A[m] = torch.stack([tensors[f"{p}.lora_A.weight"] for p in paths])
+                B[m] = torch.stack([tensors[f"{p}.lora_B.weight"] for p in paths])
+        except KeyError as err:
+            raise T2LError(f"{folder} does not fit base {base.describe()}: no {err.args[0]}") from err
+        adapter = cls(
+            A, B, int(config["r"]), float(config["lora_alpha"]), bool(config.get("use_rslora")), base
+        )
+        adapter.check_shapes()
+        return adapter
 
     def to_bytes(self) -> bytes:
         """Safetensors bytes of the stacked tensors; everything else rides in its string metadata."""

@@ -46,3 +46,21 @@ def test_harness_end_to_end(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_
     table = markdown_table(result)
     assert table.splitlines()[0] == "| task | base | base+description | t2l | t2l-garbage |"
     assert "| **average** |" in table and (tmp_path / "result.png").stat().st_size > 0
+
+
+def test_a_fixed_peft_adapter_is_one_more_condition(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    from hypernet.adapter import LoraAdapter
+    from hypernet.errors import T2LError
+
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    generator = AdapterGenerator.load(tiny_chat_checkpoint, embedder=embedder)
+    (made,), _ = generator.generate([toy_tasks()[0].descriptions[0]])
+    made.save_peft(tmp_path / "peft")
+    fixed = {"mt-lora": LoraAdapter.from_peft(tmp_path / "peft", generator.config.base)}
+    cfg = EvalConfig(examples=2, descriptions=1, max_new_tokens=4, batch_size=2)
+    result = evaluate_sni(model, tokenizer, generator, toy_tasks()[:1], ("t2l",), cfg, fixed)
+    assert result["conditions"] == ["t2l", "mt-lora"]
+    # the same adapter, once generated and once read back from its PEFT folder, answers the same
+    assert result["tasks"]["upper"]["mt-lora"] == result["tasks"]["upper"]["t2l"]
+    with pytest.raises(T2LError, match="not a PEFT LoRA folder"):
+        LoraAdapter.from_peft(tmp_path, generator.config.base)

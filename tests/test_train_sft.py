@@ -18,13 +18,22 @@ WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "candle"
 def toy_tasks() -> list[Task]:
     """Three tasks that map a word differently, each described several ways."""
     return [
-        Task("upper", ["Write the word in capital letters.", "Uppercase the given word."],
-             [{"input": w, "output": w.upper()} for w in WORDS]),
-        Task("reverse", ["Spell the word backwards.", "Reverse the letters of the word."],
-             [{"input": w, "output": w[::-1]} for w in WORDS]),
-        Task("first", ["Give only the first letter of the word.", "Answer with the word's initial."],
-             [{"input": w, "output": w[0]} for w in WORDS]),
-    ]  # fmt: skip
+        Task(
+            "upper",
+            ["Write the word in capital letters.", "Uppercase the given word."],
+            [{"input": w, "output": w.upper()} for w in WORDS],
+        ),
+        Task(
+            "reverse",
+            ["Spell the word backwards.", "Reverse the letters of the word."],
+            [{"input": w, "output": w[::-1]} for w in WORDS],
+        ),
+        Task(
+            "first",
+            ["Give only the first letter of the word.", "Answer with the word's initial."],
+            [{"input": w, "output": w[0]} for w in WORDS],
+        ),
+    ]
 
 
 def make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, out, **cfg) -> SFTTrainer:
@@ -84,3 +93,40 @@ def test_the_shared_sni_data_loads(tmp_path):
     assert len(train) > 100 and len(held_out) > 5
     assert not {t.name for t in train} & {t.name for t in held_out}
     assert all(len(t.descriptions) > 100 and t.instances for t in train)
+
+
+def test_multi_task_lora_baseline_trains_on_the_same_loop_and_exports_peft(
+    tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path
+):
+    from peft import PeftModel
+
+    from hypernet.adapter import LoraAdapter
+    from hypernet.train.lora_baseline import FixedLoRA, export_peft
+
+    base, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    _, config = load_checkpoint(tiny_chat_checkpoint)
+    lora = FixedLoRA(config.base, config.hypernet.rank)
+    tasks = toy_tasks()
+    cfg = SFTConfig(steps=20, lr=1e-2, tasks_per_step=3, examples_per_task=2, warmup_steps=2)
+    trainer = SFTTrainer(
+        base,
+        tokenizer,
+        lora,
+        config,
+        embedder,
+        tasks,
+        tasks[:1],
+        cfg,
+        tmp_path,
+        export_peft,
+        "multi-task-lora",
+    )
+    before = trainer.validate()
+    trainer.run()
+    assert trainer.validate() < before - 0.2
+    folder = tmp_path / "state" / "adapter"
+    adapter = LoraAdapter.from_peft(folder, config.base)
+    assert torch.equal(adapter.B["q_proj"], lora.B["q_proj"].detach())
+    assert "multi-task-lora" in (folder / "README.md").read_text()
+    peft = PeftModel.from_pretrained(load_base(str(tiny_chat_base), CHECKPOINTS)[0], str(folder))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in peft.state_dict().items())

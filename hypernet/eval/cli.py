@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hypernet.adapter import LoraAdapter
 from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
 from hypernet.data.choice import KNOWN, benchmark_descriptions, load_questions
@@ -29,7 +30,13 @@ def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
     if args.tasks:
         tasks = tasks[: args.tasks]
     cfg = EvalConfig(args.examples, args.descriptions, args.max_new_tokens, args.batch_size, args.seed)
-    result = evaluate_sni(model, tokenizer, generator, tasks, tuple(args.conditions), cfg)
+    fixed = {}
+    for spec in args.adapter or []:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            raise T2LError(f"--adapter wants NAME=FOLDER, got {spec!r}")
+        fixed[name] = LoraAdapter.from_peft(Path(folder), generator.config.base)
+    result = evaluate_sni(model, tokenizer, generator, tasks, tuple(args.conditions), cfg, fixed)
     write_report(result, args.out)
     print(markdown_table(result))
     print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")
@@ -50,6 +57,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter", action="append", help="NAME=PEFT_FOLDER: also score this fixed adapter")
     p.set_defaults(run=cmd_eval_sni)
 
     p = evals.add_parser("mc", help="multiple choice by option log-likelihood (ARC, BoolQ, OBQA, or a JSONL)")

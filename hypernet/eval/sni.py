@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hypernet.adapter import LoraAdapter
 from hypernet.data.sni import Task
 from hypernet.eval.generate import generate
 from hypernet.eval.metrics import exact_match, rouge_l
@@ -52,7 +53,11 @@ def evaluate_sni(
     tasks: list[Task],
     conditions: tuple[str, ...] = CONDITIONS,
     cfg: EvalConfig | None = None,
+    fixed: dict[str, LoraAdapter] | None = None,
 ) -> dict:
+    """Scores per task and condition; ``fixed`` adds one condition per named adapter (a LoRA baseline)."""
+    fixed = fixed or {}
+    conditions = (*conditions, *fixed)
     cfg = cfg or EvalConfig()
     layers = LoraLayers(model, generator.config.base)
     scaling = generator.config.hypernet.scaling
@@ -65,9 +70,10 @@ def evaluate_sni(
         for condition in conditions:
             texts = garbage(len(descriptions), cfg.seed + t) if condition == "t2l-garbage" else descriptions
             adapters = None
-            if condition.startswith("t2l"):
-                made, _ = generator.generate(texts)
-                adapters = made
+            if condition in fixed:
+                adapters = [fixed[condition]] * len(texts)
+            elif condition.startswith("t2l"):
+                adapters, _ = generator.generate(texts)
             predictions: list[str] = []
             for start in range(0, len(examples), cfg.batch_size):
                 batch = examples[start : start + cfg.batch_size]

@@ -1,4 +1,4 @@
-"""``t2l train sft``: wiring settings, models and data into the trainer."""
+"""``t2l train sft`` and ``t2l train lora``: wiring settings, models and data into the trainer."""
 
 import argparse
 import shutil
@@ -9,16 +9,20 @@ from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint, load_checkpoint
 from hypernet.data.sni import load_tasks
 from hypernet.embed import Embedder
+from hypernet.errors import T2LError
 from hypernet.settings import Settings
+from hypernet.train.lora_baseline import FixedLoRA, export_peft
 from hypernet.train.plot import plot_losses
 from hypernet.train.sft import SFTConfig, SFTTrainer
 
 
-def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
+def _trainer(args: argparse.Namespace, settings: Settings, lora: bool) -> SFTTrainer:
     out: Path = args.out
-    resumed_from = out / "state" / "checkpoint"
+    resumed = out / "state" / "checkpoint"
     start = (
-        resumed_from if resumed_from.is_dir() else (args.init or default_checkpoint(settings.checkpoints_dir))
+        resumed
+        if resumed.is_dir() and not lora
+        else (args.init or default_checkpoint(settings.checkpoints_dir))
     )
     device = settings.torch_device()
     hypernet, config = load_checkpoint(start, device=device)
@@ -27,35 +31,68 @@ def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
     embedder = Embedder(
         config.embedder.name, config.embedder.pooling, device, trust_remote_code=settings.trust_remote_code
     )
+    train, held_out = load_tasks(settings.data_dir, "train"), load_tasks(settings.data_dir, "eval")
+    if lora and args.task:  # an oracle LoRA: one task, validated on its own examples
+        chosen = [t for t in train + held_out if t.name == args.task]
+        if not chosen:
+            raise T2LError(f"no SNI task named {args.task!r} in {settings.data_dir / 'sni'}")
+        train = held_out = chosen
     fields = {k: v for k, v in vars(args).items() if k in SFTConfig.model_fields and v is not None}
-    trainer = SFTTrainer(
+    model = FixedLoRA(config.base, config.hypernet.rank).to(device) if lora else hypernet
+    status = ("oracle-lora" if args.task else "multi-task-lora") if lora else "sft"
+    return SFTTrainer(
         base,
         tokenizer,
-        hypernet,
+        model,
         config,
         embedder,
-        load_tasks(settings.data_dir, "train"),
-        load_tasks(settings.data_dir, "eval"),
+        train,
+        held_out,
         SFTConfig(**fields),
         out,
+        export_peft if lora else None,
+        status,
     )
+
+
+def _run(trainer: SFTTrainer, result: str) -> None:
     if trainer.load():
-        print(f"resuming {out} at step {trainer.step}")
+        print(f"resuming {trainer.out} at step {trainer.step}")
     last = trainer.run()
-    final = out / "checkpoint"
+    final = trainer.out / result
     shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(out / "state" / "checkpoint", final)
-    plot_losses(out / "metrics.jsonl", out / "loss.png")
-    print(f"checkpoint: {final} (step {trainer.step}, loss {last.get('loss', float('nan')):.4f})")
+    shutil.copytree(trainer.out / "state" / result, final)
+    plot_losses(trainer.out / "metrics.jsonl", trainer.out / "loss.png")
+    print(f"{result}: {final} (step {trainer.step}, loss {last.get('loss', float('nan')):.4f})")
 
 
-def add_train(sub: Any) -> None:
-    train = sub.add_parser("train", help="train the hypernetwork").add_subparsers(dest="mode", required=True)
-    p = train.add_parser("sft", help="SFT through the frozen base on the SNI training tasks (resumable)")
-    p.add_argument("--out", type=Path, required=True, help="run folder: state, metrics, final checkpoint")
+def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
+    _run(_trainer(args, settings, lora=False), "checkpoint")
+
+
+def cmd_train_lora(args: argparse.Namespace, settings: Settings) -> None:
+    _run(_trainer(args, settings, lora=True), "adapter")
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="run folder: state, metrics, result")
     p.add_argument("--init", type=Path, help="starting checkpoint (default: the default checkpoint)")
     for name, field in SFTConfig.model_fields.items():
         p.add_argument(
             f"--{name.replace('_', '-')}", type=type(field.default), help=f"default {field.default}"
         )
+
+
+def add_train(sub: Any) -> None:
+    train = sub.add_parser("train", help="train the hypernetwork or a baseline").add_subparsers(
+        dest="mode", required=True
+    )
+    p = train.add_parser("sft", help="SFT through the frozen base on the SNI training tasks (resumable)")
+    _options(p)
     p.set_defaults(run=cmd_train_sft)
+    p = train.add_parser(
+        "lora", help="a multi-task LoRA on the same data and budget, or --task for an oracle"
+    )
+    _options(p)
+    p.add_argument("--task", help="train an oracle LoRA on this one SNI task")
+    p.set_defaults(run=cmd_train_lora)

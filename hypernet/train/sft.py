@@ -14,6 +14,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,6 +48,12 @@ class SFTConfig(BaseModel):
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # embeddings, ids, mask, labels
+Exporter = Callable[[nn.Module, CheckpointConfig, Path], None]
+
+
+def export_checkpoint(model: nn.Module, config: CheckpointConfig, state: Path) -> None:
+    """The trained hypernetwork as a checkpoint in our format, provenance included."""
+    save_checkpoint(model, config, state / "checkpoint")
 
 
 class SFTTrainer:
@@ -61,9 +68,12 @@ class SFTTrainer:
         val_tasks: list[Task],
         cfg: SFTConfig,
         out: Path,
+        export: "Exporter | None" = None,
+        status: str = "sft",
     ):
         self.base, self.tokenizer, self.hypernet, self.config = base, tokenizer, hypernet, config
         self.train_tasks, self.val_tasks, self.cfg, self.out = train_tasks, val_tasks, cfg, out
+        self.export, self.status = export or export_checkpoint, status
         self.device = next(base.parameters()).device
         self.layers = LoraLayers(base, config.base)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -177,7 +187,7 @@ class SFTTrainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         training = {
-            "status": "sft",
+            "status": self.status,
             "steps": self.step,
             "sft": self.cfg.model_dump(),
             "train_tasks": len(self.train_tasks),
@@ -185,9 +195,9 @@ class SFTTrainer:
             "updated": now(),
             **extra,
         }
-        save_checkpoint(
-            self.hypernet, self.config.model_copy(update={"training": training}), tmp / "checkpoint"
-        )
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.hypernet.state_dict().items()},
+                  str(tmp / "weights.safetensors"))  # fmt: skip
+        self.export(self.hypernet, self.config.model_copy(update={"training": training}), tmp)
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
@@ -210,8 +220,10 @@ class SFTTrainer:
         state = self.out / "state"
         if not (state / "trainer.json").is_file():
             return False
-        weights = load_file(str(state / "checkpoint" / "model.safetensors"))
-        self.hypernet.load_state_dict(weights)
+        weights = state / "weights.safetensors"
+        if not weights.is_file():  # runs saved before weights.safetensors existed kept only the export
+            weights = state / "checkpoint" / "model.safetensors"
+        self.hypernet.load_state_dict(load_file(str(weights)))
         saved = torch.load(state / "trainer.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -226,6 +238,9 @@ class SFTTrainer:
         """Train to ``cfg.steps``, logging JSON lines, validating and checkpointing on schedule."""
         log = log or self.out / "metrics.jsonl"
         last: dict = {}
+        if self.step == 0:  # the starting point, for the curve: an untrained hypernetwork is the base model
+            with log.open("a") as f:
+                f.write(json.dumps({"step": 0, "val_loss": self.validate()}) + "\n")
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="sft", dynamic_ncols=True)
         while self.step < self.cfg.steps:
             start = time.perf_counter()
