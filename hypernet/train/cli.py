@@ -1,9 +1,13 @@
 """``t2l train sft`` and ``t2l train lora``: wiring settings, models and data into the trainer."""
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint, load_checkpoint
@@ -16,6 +20,17 @@ from hypernet.train.plot import plot_losses
 from hypernet.train.sft import SFTConfig, SFTTrainer
 
 
+def _distributed(device: str) -> str:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPUs); this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda") and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
 def _trainer(args: argparse.Namespace, settings: Settings, lora: bool) -> SFTTrainer:
     out: Path = args.out
     resumed = out / "state" / "checkpoint"
@@ -24,9 +39,11 @@ def _trainer(args: argparse.Namespace, settings: Settings, lora: bool) -> SFTTra
         if resumed.is_dir() and not lora
         else (args.init or default_checkpoint(settings.checkpoints_dir))
     )
-    device = settings.torch_device()
+    device = _distributed(settings.torch_device())
     hypernet, config = load_checkpoint(start, device=device)
-    base, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
+    # on a GPU the frozen base runs in bf16; the hypernetwork and its gradients stay fp32
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    base, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype=dtype, device=device)
     check_compatible(config, start, base=spec_of(base, settings.base_model, list(config.base.modules)))
     embedder = Embedder(
         config.embedder.name, config.embedder.pooling, device, trust_remote_code=settings.trust_remote_code
@@ -56,9 +73,11 @@ def _trainer(args: argparse.Namespace, settings: Settings, lora: bool) -> SFTTra
 
 
 def _run(trainer: SFTTrainer, result: str) -> None:
-    if trainer.load():
+    if trainer.load() and trainer.rank == 0:
         print(f"resuming {trainer.out} at step {trainer.step}")
     last = trainer.run()
+    if trainer.rank > 0:
+        return
     final = trainer.out / result
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(trainer.out / "state" / result, final)

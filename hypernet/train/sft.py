@@ -18,15 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.checkpoint import CheckpointConfig, now, save_checkpoint
 from hypernet.data.sni import IGNORE, Task, encode_example
 from hypernet.embed import Embedder
+from hypernet.errors import T2LError
 from hypernet.lora import LoraLayers
 from hypernet.model import HyperLoRA
 
@@ -47,7 +50,8 @@ class SFTConfig(BaseModel):
     seed: int = 0
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # embeddings, ids, mask, labels
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+# (description embeddings [tasks, dim], each row's task [rows], ids, attention mask, labels [rows, tokens])
 Exporter = Callable[[nn.Module, CheckpointConfig, Path], None]
 
 
@@ -75,6 +79,12 @@ class SFTTrainer:
         self.train_tasks, self.val_tasks, self.cfg, self.out = train_tasks, val_tasks, cfg, out
         self.export, self.status = export or export_checkpoint, status
         self.device = next(base.parameters()).device
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if cfg.tasks_per_step % self.world:
+            raise T2LError(
+                f"tasks_per_step={cfg.tasks_per_step} must be a multiple of the {self.world} processes"
+            )
+        self.model = DistributedDataParallel(hypernet) if self.world > 1 else hypernet
         self.layers = LoraLayers(base, config.base)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.train_emb = self._embeddings(embedder, train_tasks, "train")
@@ -97,6 +107,17 @@ class SFTTrainer:
         cache = self.out / f"embeddings-{name}.safetensors"
         texts = [d for task in tasks for d in task.descriptions]
         key = f"{embedder.name}|{embedder.pooling}|{len(texts)}"
+        if self.world > 1 and self.rank > 0:  # the first process embeds and writes; the others read
+            dist.barrier()
+            return list(load_file(str(cache))["vectors"].split([len(t.descriptions) for t in tasks]))
+        vectors = self._embed_or_read(embedder, cache, key, texts, tasks)
+        if self.world > 1:
+            dist.barrier()
+        return vectors
+
+    def _embed_or_read(
+        self, embedder: Embedder, cache: Path, key: str, texts: list[str], tasks: list[Task]
+    ) -> list[torch.Tensor]:
         if cache.is_file():
             stored = load_file(str(cache))
             if stored.get("key") is not None and bytes(stored["key"].tolist()).decode() == key:
@@ -123,43 +144,56 @@ class SFTTrainer:
             ids[row, : len(tokens)] = torch.tensor(tokens)
             labels[row, : len(targets)] = torch.tensor(targets)
             mask[row, : len(tokens)] = 1
+        owner = torch.tensor([t for t, rows in enumerate(pairs) for _ in rows])
         device = self.device
-        return torch.stack(embeddings).to(device), ids.to(device), mask.to(device), labels.to(device)
+        tensors = torch.stack(embeddings), owner, ids, mask, labels
+        return tuple(t.to(device) for t in tensors)  # type: ignore[return-value]
 
     def sample(self) -> Batch:
         """Tasks, one random description each, and a few of each task's examples."""
         cfg, rng = self.cfg, self.rng
         chosen = rng.sample(range(len(self.train_tasks)), min(cfg.tasks_per_step, len(self.train_tasks)))
         embeddings, pairs = [], []
-        for t in chosen:
+        for i, t in enumerate(chosen):  # every process draws the whole global batch, then keeps its share
             task = self.train_tasks[t]
-            embeddings.append(self.train_emb[t][rng.randrange(len(task.descriptions))])
-            pairs.append(rng.sample(task.instances, min(cfg.examples_per_task, len(task.instances))))
+            embedding = self.train_emb[t][rng.randrange(len(task.descriptions))]
+            examples = rng.sample(task.instances, min(cfg.examples_per_task, len(task.instances)))
+            if i % self.world == self.rank:
+                embeddings.append(embedding)
+                pairs.append(examples)
         return self._collate(embeddings, pairs)
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
-        """Mean response-token cross-entropy, each task's rows under that task's generated adapter."""
-        embeddings, ids, mask, labels = batch
-        A, B = self.hypernet(embeddings)
-        rows = ids.shape[0] // embeddings.shape[0]
-        A = {m: a.repeat_interleave(rows, dim=0) for m, a in A.items()}
-        B = {m: b.repeat_interleave(rows, dim=0) for m, b in B.items()}
+    def loss(self, batch: Batch, model: nn.Module | None = None) -> tuple[torch.Tensor, int]:
+        """Summed response-token cross-entropy and its token count, each row under its task's adapter."""
+        embeddings, owner, ids, mask, labels = batch
+        A, B = (model or self.hypernet)(embeddings)
+        A = {m: a.index_select(0, owner) for m, a in A.items()}
+        B = {m: b.index_select(0, owner) for m, b in B.items()}
         with self.layers.applied(A, B, self.config.hypernet.scaling):
             logits = self.base(input_ids=ids, attention_mask=mask).logits
         targets = labels[:, 1:]
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE
+        total = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
         )
-        return loss, int((targets != IGNORE).sum())
+        return total, int((targets != IGNORE).sum())
 
     def train_step(self) -> tuple[float, int]:
+        """One optimizer step. Under DDP each process takes its share of the same global batch, and the
+        loss is normalised by the global token count, so the update equals a single process's."""
         self.hypernet.train()
         total, tokens = 0.0, 0
         for _ in range(self.cfg.grad_accum):
-            loss, count = self.loss(self.sample())
-            (loss / self.cfg.grad_accum).backward()
-            total += loss.item() / self.cfg.grad_accum
-            tokens += count
+            summed, count = self.loss(self.sample(), self.model)
+            counts = torch.tensor([count, summed.item()], dtype=torch.float64)
+            if self.world > 1:
+                dist.all_reduce(counts)
+            # DDP averages gradients over processes; scaling by the world size makes that a global mean
+            ((summed * self.world / counts[0]) / self.cfg.grad_accum).backward()
+            total += float(counts[1] / counts[0]) / self.cfg.grad_accum
+            tokens += int(counts[0])
         nn.utils.clip_grad_norm_(self.hypernet.parameters(), self.cfg.clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -176,7 +210,8 @@ class SFTTrainer:
         for t, task in enumerate(self.val_tasks):
             embedding = self.val_emb[t][rng.randrange(len(task.descriptions))]
             examples = rng.sample(task.instances, min(self.cfg.val_examples, len(task.instances)))
-            losses.append(self.loss(self._collate([embedding], [examples]))[0].item())
+            summed, count = self.loss(self._collate([embedding], [examples]))
+            losses.append(summed.item() / count)
         return sum(losses) / len(losses) if losses else float("nan")
 
     # ---- exact resume
@@ -195,8 +230,10 @@ class SFTTrainer:
             "updated": now(),
             **extra,
         }
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.hypernet.state_dict().items()},
-                  str(tmp / "weights.safetensors"))  # fmt: skip
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.hypernet.state_dict().items()},
+            str(tmp / "weights.safetensors"),
+        )
         self.export(self.hypernet, self.config.model_copy(update={"training": training}), tmp)
         torch.save(
             {
@@ -238,16 +275,26 @@ class SFTTrainer:
         """Train to ``cfg.steps``, logging JSON lines, validating and checkpointing on schedule."""
         log = log or self.out / "metrics.jsonl"
         last: dict = {}
-        if self.step == 0:  # the starting point, for the curve: an untrained hypernetwork is the base model
+        if self.step == 0 and self.rank == 0:  # the curve's start: an untrained hypernetwork is the base
             with log.open("a") as f:
                 f.write(json.dumps({"step": 0, "val_loss": self.validate()}) + "\n")
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="sft", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.cfg.steps, initial=self.step, desc="sft", dynamic_ncols=True, disable=self.rank > 0
+        )
         while self.step < self.cfg.steps:
             start = time.perf_counter()
             loss, tokens = self.train_step()
             seconds = time.perf_counter() - start
-            last = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                    "tokens": tokens, "tokens_per_s": tokens / seconds}  # fmt: skip
+            rate = tokens / seconds
+            last = {
+                "step": self.step,
+                "loss": loss,
+                "lr": self.scheduler.get_last_lr()[0],
+                "tokens": tokens,
+                "tokens_per_s": rate,
+            }
+            if self.rank > 0:
+                continue  # one process validates, logs and saves
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 last["val_loss"] = self.validate()
             with log.open("a") as f:
