@@ -15,8 +15,10 @@ from hypernet.data.sni import load_tasks
 from hypernet.embed import Embedder
 from hypernet.errors import T2LError
 from hypernet.settings import Settings
+from hypernet.train.loop import LoopConfig
 from hypernet.train.lora_baseline import FixedLoRA, export_peft
 from hypernet.train.plot import plot_losses
+from hypernet.train.recon import ReconConfig, ReconTrainer, load_library, with_output_scale
 from hypernet.train.sft import SFTConfig, SFTTrainer
 
 
@@ -85,6 +87,24 @@ def _run(trainer: SFTTrainer, result: str) -> None:
     print(f"{result}: {final} (step {trainer.step}, loss {last.get('loss', float('nan')):.4f})")
 
 
+def cmd_train_recon(args: argparse.Namespace, settings: Settings) -> None:
+    out: Path = args.out
+    resumed = out / "state" / "checkpoint"
+    start = resumed if resumed.is_dir() else (args.init or default_checkpoint(settings.checkpoints_dir))
+    device = _distributed(settings.torch_device())
+    hypernet, config = load_checkpoint(start, device=device)
+    cfg = ReconConfig(
+        **{k: v for k, v in vars(args).items() if k in ReconConfig.model_fields and v is not None}
+    )
+    if cfg.z_score and not config.hypernet.output_scale:
+        hypernet, config = with_output_scale(hypernet, config)
+    tasks, library = load_library(args.library, load_tasks(settings.data_dir, "train"), config)
+    embedder = Embedder(
+        config.embedder.name, config.embedder.pooling, device, trust_remote_code=settings.trust_remote_code
+    )
+    _run(ReconTrainer(hypernet.to(device), config, embedder, tasks, library, cfg, out), "checkpoint")
+
+
 def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
     _run(_trainer(args, settings, lora=False), "checkpoint")
 
@@ -93,13 +113,15 @@ def cmd_train_lora(args: argparse.Namespace, settings: Settings) -> None:
     _run(_trainer(args, settings, lora=True), "adapter")
 
 
-def _options(p: argparse.ArgumentParser) -> None:
+def _options(p: argparse.ArgumentParser, config: type[LoopConfig]) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder: state, metrics, result")
     p.add_argument("--init", type=Path, help="starting checkpoint (default: the default checkpoint)")
-    for name, field in SFTConfig.model_fields.items():
-        p.add_argument(
-            f"--{name.replace('_', '-')}", type=type(field.default), help=f"default {field.default}"
-        )
+    for name, field in config.model_fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"default {field.default}")
+        else:
+            p.add_argument(flag, type=type(field.default), help=f"default {field.default}")
 
 
 def add_train(sub: Any) -> None:
@@ -107,11 +129,15 @@ def add_train(sub: Any) -> None:
         dest="mode", required=True
     )
     p = train.add_parser("sft", help="SFT through the frozen base on the SNI training tasks (resumable)")
-    _options(p)
+    _options(p, SFTConfig)
     p.set_defaults(run=cmd_train_sft)
     p = train.add_parser(
         "lora", help="a multi-task LoRA on the same data and budget, or --task for an oracle"
     )
-    _options(p)
+    _options(p, SFTConfig)
     p.add_argument("--task", help="train an oracle LoRA on this one SNI task")
     p.set_defaults(run=cmd_train_lora)
+    p = train.add_parser("recon", help="reconstruct a library of task LoRAs from their descriptions")
+    _options(p, ReconConfig)
+    p.add_argument("--library", type=Path, required=True, help="folder of <task>/ PEFT LoRAs")
+    p.set_defaults(run=cmd_train_recon)
