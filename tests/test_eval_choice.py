@@ -41,8 +41,12 @@ def test_accuracy_by_hand():
 
 def test_generic_jsonl_and_bad_rows(tmp_path):
     good = tmp_path / "mine.jsonl"
-    good.write_text(json.dumps({"question": "Sky colour?", "choices": ["blue", "red"], "answer": 0,
-                                "context": "Look up."}) + "\n")  # fmt: skip
+    good.write_text(
+        json.dumps(
+            {"question": "Sky colour?", "choices": ["blue", "red"], "answer": 0, "context": "Look up."}
+        )
+        + "\n"
+    )
     name, questions = load_questions(str(good), tmp_path)
     assert name == "mine" and questions[0].prompt == "Look up.\nQuestion: Sky colour?\nAnswer:"
     assert questions[0].choices == [" blue", " red"] and questions[0].answer == 0
@@ -73,3 +77,38 @@ def test_conditions_end_to_end(tiny_chat_base, tiny_chat_checkpoint, embedder):
     for condition in CONDITIONS:
         assert result["tasks"]["toy"][condition]["n"] == 5
         assert result["average"][condition]["acc"] in {0.0, 20.0, 40.0, 60.0, 80.0, 100.0}
+
+
+def test_eval_mc_command_writes_its_report(
+    tiny_chat_base, tiny_chat_checkpoint, tmp_path, monkeypatch, capsys
+):
+    from hypernet.cli import main
+
+    data = tmp_path / "yesno.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2}) + "\n"
+            for i in range(4)
+        )
+    )
+    monkeypatch.setenv("T2L_BASE_MODEL", str(tiny_chat_base))
+    code = main(
+        [
+            "eval",
+            "mc",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tiny_chat_checkpoint),
+            "--description",
+            "Answer yes or no.",
+            "--conditions",
+            "base",
+            "t2l",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["benchmark"] == "yesno" and result["tasks"]["yesno"]["t2l"]["n"] == 4
+    assert "| yesno |" in capsys.readouterr().out

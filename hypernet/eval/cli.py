@@ -4,6 +4,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedModel
+
 from hypernet.adapter import LoraAdapter
 from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
@@ -18,7 +20,8 @@ from hypernet.generator import AdapterGenerator
 from hypernet.settings import Settings
 
 
-def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
+def _models(args: argparse.Namespace, settings: Settings) -> tuple[AdapterGenerator, PreTrainedModel, Any]:
+    """The checkpoint's generator and the base model, checked to belong together."""
     path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
     device = settings.torch_device()
     generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
@@ -26,6 +29,17 @@ def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
     check_compatible(
         generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
     )
+    return generator, model, tokenizer
+
+
+def _report(result: dict, out: Path) -> None:
+    write_report(result, out)
+    print(markdown_table(result, result["metrics"][0]))
+    print(f"results: {out / 'result.json'}, {out / 'result.md'}, {out / 'result.png'}")
+
+
+def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
+    generator, model, tokenizer = _models(args, settings)
     tasks = load_tasks(settings.data_dir, args.split)
     if args.tasks:
         tasks = tasks[: args.tasks]
@@ -37,9 +51,7 @@ def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
             raise T2LError(f"--adapter wants NAME=FOLDER, got {spec!r}")
         fixed[name] = LoraAdapter.from_peft(Path(folder), generator.config.base)
     result = evaluate_sni(model, tokenizer, generator, tasks, tuple(args.conditions), cfg, fixed)
-    write_report(result, args.out)
-    print(markdown_table(result))
-    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")
+    _report(result, args.out)
 
 
 def add_eval(sub: Any) -> None:
@@ -85,13 +97,7 @@ def add_eval(sub: Any) -> None:
 
 
 def cmd_eval_choice(args: argparse.Namespace, settings: Settings) -> None:
-    path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
-    device = settings.torch_device()
-    generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
-    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
-    check_compatible(
-        generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
-    )
+    generator, model, tokenizer = _models(args, settings)
     name, questions = load_questions(args.benchmark, settings.data_dir, args.limit)
     descriptions = args.description or benchmark_descriptions(settings.data_dir, name)[: args.descriptions]
     if not descriptions and any(c != "base" for c in args.conditions):
@@ -99,19 +105,11 @@ def cmd_eval_choice(args: argparse.Namespace, settings: Settings) -> None:
     result = evaluate_choice(
         model, tokenizer, generator, name, questions, descriptions, tuple(args.conditions)
     )
-    write_report(result, args.out)
-    print(markdown_table(result, "acc"))
-    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")
+    _report(result, args.out)
 
 
 def cmd_eval_generative(args: argparse.Namespace, settings: Settings) -> None:
-    path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
-    device = settings.torch_device()
-    generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
-    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
-    check_compatible(
-        generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
-    )
+    generator, model, tokenizer = _models(args, settings)
     problems, meta = load_problems(args.benchmark, settings.data_dir, args.limit)
     descriptions = meta["descriptions"][: args.descriptions]
     result = evaluate_generative(
@@ -126,6 +124,4 @@ def cmd_eval_generative(args: argparse.Namespace, settings: Settings) -> None:
         args.max_new_tokens,
         args.batch_size,
     )
-    write_report(result, args.out)
-    print(markdown_table(result, result["metrics"][0]))
-    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}, {args.out / 'result.png'}")
+    _report(result, args.out)
