@@ -1,10 +1,12 @@
-"""The generation engine: one thread that owns the base model and decodes batches of requests.
+"""The generation engine: one thread that owns the base model and decodes with continuous batching.
 
-Requests that arrive within ``batch_window_ms`` of each other (up to ``max_batch``) are prefilled and
-decoded together. Each batch row carries its adapter slot; the batched LoRA in ``hypernet.lora``
-applies every row's own A/B, so requests with different adapters never see each other's weights.
-Each row samples with its own temperature, top-p, seed, stop strings and token limit, and streams its
-text as it is produced. Tokens reach the asyncio side through ``loop.call_soon_threadsafe``.
+Running sequences share one batched KV cache (left-padded, with an attention mask). At every decode
+step, requests that arrived meanwhile are prefilled together and join the batch, and finished or
+abandoned ones leave it at once. An idle engine waits ``batch_window_ms`` after a first arrival for
+company. Each row carries its adapter slot; the batched LoRA in ``hypernet.lora`` applies every row's
+own A/B, so requests with different adapters never see each other's weights. Each row samples with its
+own temperature, top-p, seed, stop strings and token limit, and streams its text as it is produced.
+Tokens reach the asyncio side through ``loop.call_soon_threadsafe``.
 """
 
 import asyncio
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.lora import LoraLayers
@@ -124,6 +127,56 @@ class RowState:
         self.done = True
 
 
+class Batch:
+    """The running rows: their shared KV cache, attention mask, next positions and pending tokens."""
+
+    def __init__(
+        self,
+        rows: list[RowState],
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        position: torch.Tensor,
+        pending: torch.Tensor,
+    ):
+        self.rows, self.cache, self.mask, self.position, self.pending = rows, cache, mask, position, pending
+
+    def merge(self, other: "Batch") -> None:
+        """Append ``other``'s rows, left-padding the shorter cache so both line up at the right."""
+        length, extra = self.mask.shape[1], other.mask.shape[1]
+        width = max(length, extra)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width - length), _pad_left(theirs.keys, width - extra)]
+            )
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width - length), _pad_left(theirs.values, width - extra)]
+            )
+        self.mask = torch.cat([_pad_left(self.mask, width - length), _pad_left(other.mask, width - extra)])
+        self.position = torch.cat([self.position, other.position])
+        self.pending = torch.cat([self.pending, other.pending])
+        self.rows += other.rows
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows; drop cache columns that no remaining row attends to."""
+        index = torch.tensor(indices, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.position, self.pending = self.mask[index], self.position[index], self.pending[index]
+        self.rows = [self.rows[i] for i in indices]
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else self.mask.shape[1]
+        if start:
+            self.mask = self.mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+
+
+def _pad_left(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Pad the sequence dimension (-2 for K/V [B, H, T, D], -1 for a mask [B, T]) with n leading zeros."""
+    if n == 0:
+        return x
+    return nn.functional.pad(x, (0, 0, n, 0) if x.dim() == 4 else (n, 0))
+
+
 class Engine:
     def __init__(
         self,
@@ -136,14 +189,8 @@ class Engine:
         batch_window_ms: float = 5.0,
         max_queue: int = 64,
     ):
-        self.model, self.tokenizer, self.layers, self.bank, self.scaling = (
-            model,
-            tokenizer,
-            layers,
-            bank,
-            scaling,
-        )
-        self.max_batch, self.window_s = max_batch, batch_window_ms / 1000
+        self.model, self.tokenizer, self.layers, self.bank = model, tokenizer, layers, bank
+        self.scaling, self.max_batch, self.window_s = scaling, max_batch, batch_window_ms / 1000
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         eos = model.generation_config.eos_token_id
         self.eos = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
@@ -151,7 +198,10 @@ class Engine:
             self.eos.add(tokenizer.eos_token_id)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
         self.device = next(model.parameters()).device
-        self.batches = 0  # how many batches ran (tests check that concurrent requests share one)
+        self.batches = 0  # prefill groups run (tests check that concurrent arrivals share one)
+        self._stopping = False
+        self._gathered_for: tuple[int, ...] = ()
+        self._gathered: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = ({}, {})
         self._thread = threading.Thread(target=self._loop, name="t2l-engine", daemon=True)
 
     def start(self) -> None:
@@ -168,80 +218,113 @@ class Engine:
         except queue.Full as err:
             raise QueueFull from err
 
-    def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        """The first job plus whatever arrives within the batch window; and whether to stop after."""
-        batch = [first]
-        deadline = time.monotonic() + self.window_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
+    def _arrivals(self, running: int) -> list[Job]:
+        """Jobs to admit now: when idle, block for one and wait the batch window for company;
+        when busy, whatever is queued, up to the free places."""
+        jobs: list[Job] = []
+        free = self.max_batch - running
+        deadline = None
+        while len(jobs) < free and not self._stopping:
             try:
-                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                if running == 0 and not jobs:
+                    job = self.queue.get()
+                    deadline = time.monotonic() + self.window_s
+                elif deadline is not None and (remaining := deadline - time.monotonic()) > 0:
+                    job = self.queue.get(timeout=remaining)
+                else:
+                    job = self.queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                return batch, True
-            batch.append(job)
-        return batch, False
+                self._stopping = True
+                break
+            if not job.cancelled.is_set():
+                jobs.append(job)
+        return jobs
 
     def _loop(self) -> None:
+        batch: Batch | None = None
         while True:
-            first = self.queue.get()
-            if first is None:
+            running = len(batch.rows) if batch else 0
+            if self._stopping and running == 0:
                 return
-            batch, stopping = self._collect(first)
+            arrivals = self._arrivals(running)
             try:
-                self._run(batch)
-            except Exception as err:  # a failed batch must not kill the engine or hang its clients
-                log.exception("batch of %d failed", len(batch))
-                for job in batch:
+                with torch.inference_mode():
+                    if arrivals:
+                        joined = self._prefill(arrivals)
+                        if batch is None:
+                            batch = joined
+                        else:
+                            batch.merge(joined)
+                    if batch is not None:
+                        batch = self._step(batch)
+            except Exception as err:  # a failed step must not kill the engine or hang its clients
+                log.exception("decode step failed")
+                jobs = (
+                    {id(job): job for job in [*(row.job for row in batch.rows), *arrivals]}
+                    if batch
+                    else {id(job): job for job in arrivals}
+                )
+                for job in jobs.values():
                     job.emit(Finished("error", len(job.prompt), 0, error=f"generation failed: {err}"))
-            if stopping:
-                return
+                batch = None
 
-    @torch.inference_mode()
-    def _run(self, batch: list[Job]) -> None:
-        batch = [job for job in batch if not job.cancelled.is_set()]
-        if not batch:
-            return
+    def _apply(self, rows: list[RowState]) -> None:
+        """Point the LoRA layers at these rows' slots; gathered again only when the rows change."""
+        key = tuple(id(row) for row in rows)
+        if key != self._gathered_for:
+            self._gathered = self.bank.gather([row.job.slot for row in rows])
+            self._gathered_for = key
+        self.layers.set(*self._gathered, self.scaling)
+
+    def _prefill(self, jobs: list[Job]) -> Batch:
+        """Prefill newcomers together (left-padded) and sample their first tokens."""
         self.batches += 1
-        longest = max(len(job.prompt) for job in batch)
-        ids = torch.full((len(batch), longest), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, job in enumerate(batch):  # left padding: every row's last token is at the end
+        longest = max(len(job.prompt) for job in jobs)
+        ids = torch.full((len(jobs), longest), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), longest), dtype=torch.long)
+        for row, job in enumerate(jobs):
             ids[row, longest - len(job.prompt) :] = torch.tensor(job.prompt)
             mask[row, longest - len(job.prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        rows = [RowState(job, self.tokenizer, self.eos) for job in batch]
-        A, B = self.bank.gather([job.slot for job in batch])
         cache = DynamicCache()
-        with self.layers.applied(A, B, self.scaling):
+        rows = [RowState(job, self.tokenizer, self.eos) for job in jobs]
+        self._apply(rows)
+        try:
             logits = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            ).logits[:, -1]
+        finally:
+            self.layers.clear()
+        pending = torch.tensor([row.sample(logits[i]) for i, row in enumerate(rows)], device=self.device)
+        for row, token in zip(rows, pending.tolist(), strict=True):
+            row.push(token)
+        return Batch(rows, cache, mask, positions[:, -1] + 1, pending)
+
+    def _step(self, batch: Batch) -> Batch | None:
+        """Drop finished rows, then decode one token for every remaining row."""
+        keep = [i for i, row in enumerate(batch.rows) if not row.done and not row.job.cancelled.is_set()]
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):
+            batch.keep(keep)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        self._apply(batch.rows)
+        try:
+            logits = self.model(
+                input_ids=batch.pending[:, None],
+                attention_mask=batch.mask,
+                position_ids=batch.position[:, None],
+                cache=batch.cache,
                 use_cache=True,
             ).logits[:, -1]
-            position = positions[:, -1:]
-            while True:
-                step = []
-                for row, state in enumerate(rows):
-                    if state.done or state.job.cancelled.is_set():
-                        state.done = True
-                        step.append(self.pad)
-                        continue
-                    token = state.sample(logits[row])
-                    state.push(token)
-                    step.append(token)
-                if all(state.done for state in rows):
-                    return
-                position = position + 1
-                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-                logits = self.model(
-                    input_ids=torch.tensor(step, device=self.device)[:, None],
-                    attention_mask=mask,
-                    position_ids=position,
-                    cache=cache,
-                    use_cache=True,
-                ).logits[:, -1]
+        finally:
+            self.layers.clear()
+        batch.position = batch.position + 1
+        tokens = [row.sample(logits[i]) for i, row in enumerate(batch.rows)]
+        for row, token in zip(batch.rows, tokens, strict=True):
+            row.push(token)
+        batch.pending = torch.tensor(tokens, device=self.device)
+        return batch

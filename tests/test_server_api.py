@@ -200,22 +200,23 @@ def test_two_adapters_in_one_batch_match_each_alone(server_settings):
 
 
 def test_a_client_that_disconnects_frees_its_slot(server_settings):
-    with running_server(server_settings(max_tokens_cap=400)) as server:
+    with running_server(server_settings(max_tokens_cap=4000)) as server:
         body = {
             "model": server.service.base_name,
             "task_description": MATH,
             "stream": True,
-            "max_tokens": 400,
+            "max_tokens": 4000,
             "temperature": 0,
             "messages": [{"role": "user", "content": "Go on."}],
         }
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
             next(response.iter_lines())
             assert sum(server.service.bank.pins) == 1  # pinned while the request runs
-        deadline = time.monotonic() + 10
-        while sum(server.service.bank.pins) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert sum(server.service.bank.pins) == 0
+        left = time.monotonic()
+        while sum(server.service.bank.pins) and time.monotonic() - left < 10:
+            time.sleep(0.01)
+        # freed at once, long before 4000 tokens could have been generated (about 15 s here)
+        assert sum(server.service.bank.pins) == 0 and time.monotonic() - left < 2
         reply = chat(server, "Still there?", task_description=MATH).json()  # the engine moved on
         assert reply["choices"][0]["finish_reason"] in ("stop", "length")
 
@@ -244,3 +245,38 @@ def test_sampling_seed_stop_strings_and_ttl(server_settings):
         while not client.exists(f"t2l:adapter:{adapter_id}") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert 0 < client.ttl(f"t2l:adapter:{adapter_id}") <= 300
+
+
+def test_a_request_joins_a_running_batch_and_gets_the_tokens_it_gets_alone(server_settings):
+    with running_server(server_settings(max_tokens_cap=3000)) as server:
+        base = server.service.base_name
+        long_body = {
+            "model": base,
+            "task_description": MATH,
+            "max_tokens": 3000,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Go on and on."}],
+        }
+        short_body = {
+            "model": base,
+            "task_description": FRENCH,
+            "max_tokens": 12,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Say something."}],
+        }
+        httpx.post(f"{server.url}/v1/adapters", json={"description": FRENCH})
+
+        async def busy() -> tuple[str, bool]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                long_run = asyncio.create_task(client.post("/v1/chat/completions", json=long_body))
+                await asyncio.sleep(0.5)
+                short = await client.post("/v1/chat/completions", json=short_body)
+                joined_mid_flight = not long_run.done()
+                await long_run
+            return short.json()["choices"][0]["message"]["content"], joined_mid_flight
+
+        prefills = server.service.engine.batches
+        in_busy_batch, joined = asyncio.run(busy())
+        assert joined and server.service.engine.batches == prefills + 2
+        alone = httpx.post(f"{server.url}/v1/chat/completions", json=short_body, timeout=120).json()
+        assert in_busy_batch == alone["choices"][0]["message"]["content"]
