@@ -37,6 +37,7 @@ class Sampling:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class RowState:
     def push(self, token: int) -> None:
         """Take one sampled token: stream new text, or finish on EOS, a stop string or the limit."""
         s = self.job.sampling
-        if token in self.eos:
+        if token in self.eos and not s.ignore_eos:
             self._finish("stop", self._text(), count=token)
             return
         self.tokens.append(token)

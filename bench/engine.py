@@ -1,0 +1,207 @@
+"""Benchmark: many adapters in one batch against the plain base model, in process.
+
+Decode throughput of the engine (continuous batching, per-row adapters from the slot bank) with 1, 4,
+8 and 16 distinct adapters at batch 8 and 16, each against plain transformers ``generate`` of the base
+model (no LoRA layers at all) on the same prompts and lengths, measured in the same run and interleaved;
+time to first token of a request arriving while a full batch is decoding, against the same request on
+an idle engine; and adapter activation. Targets (issue 5), 2-core CPU: ≥ 0.92x base throughput with 8
+distinct adapters at batch 8; busy TTFT ≤ 1.5x idle TTFT.
+
+    python -m bench.engine [--tokens 32] [--reps 3] [--json OUT]
+
+Run it as a module: run as a script, bench/server.py would shadow the ``server`` package.
+"""
+
+import argparse
+import asyncio
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hypernet.base import load_base
+from hypernet.chat import chat_ids
+from hypernet.checkpoint import default_checkpoint
+from hypernet.generator import AdapterGenerator
+from hypernet.lora import LoraLayers
+from hypernet.settings import Settings
+from server.engine import Delta, Engine, Finished, Job, Sampling
+from server.slots import SlotBank
+
+PROMPTS = [f"Write a short note about topic number {i}: what it is and why it matters." for i in range(16)]
+
+
+async def run_jobs(
+    engine: Engine, prompts: list[list[int]], slots: list[int], tokens: int
+) -> tuple[float, int]:
+    """Submit all at once; seconds until every job finished, and tokens generated."""
+    loop = asyncio.get_running_loop()
+    jobs = [
+        Job(p, s, Sampling(tokens, temperature=0, ignore_eos=True), loop)
+        for p, s in zip(prompts, slots, strict=True)
+    ]
+    start = time.perf_counter()
+    for job in jobs:
+        engine.submit(job)
+    generated = 0
+    for job in jobs:
+        while not isinstance(event := await job.events.get(), Finished):
+            pass
+        generated += event.completion_tokens
+    return time.perf_counter() - start, generated
+
+
+async def ttft(engine: Engine, prompt: list[int], slot: int) -> float:
+    job = Job(prompt, slot, Sampling(4, temperature=0, ignore_eos=True), asyncio.get_running_loop())
+    start = time.perf_counter()
+    engine.submit(job)
+    first = None
+    while not isinstance(event := await job.events.get(), Finished):
+        if isinstance(event, Delta) and first is None:
+            first = time.perf_counter() - start
+    return first if first is not None else time.perf_counter() - start
+
+
+def base_generate(model, tokenizer, prompts: list[list[int]], tokens: int) -> tuple[float, int]:
+    longest = max(map(len, prompts))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    return time.perf_counter() - start, tokens * len(prompts)
+
+
+def pct(samples: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else samples * 100
+    return {"p50": statistics.median(samples), "p95": cuts[94], "n": len(samples)}
+
+
+async def measure(args: argparse.Namespace) -> dict:
+    settings = Settings()
+    generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():  # untrained heads give B = 0; real adapters have weight, so give them some
+        for head in generator.model.heads.values():
+            head.weight.normal_(std=0.002)
+    adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(16)])
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir)
+    plain = copy.deepcopy(model)  # the baseline: transformers as it is, no LoRA wrappers
+    bank = SlotBank(generator.config.base, generator.config.hypernet.rank, slots=16)
+    engine = Engine(
+        model,
+        tokenizer,
+        LoraLayers(model, generator.config.base),
+        bank,
+        generator.config.hypernet.scaling,
+        max_batch=16,
+        batch_window_ms=5.0,
+    )
+    engine.start()
+    slots = [await bank.acquire(f"a{i}", a) for i, a in enumerate(adapters)]
+    prompts = [chat_ids(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in PROMPTS]
+
+    result: dict = {
+        "throughput": {},
+        "setup": {"tokens": args.tokens, "reps": args.reps, "threads": torch.get_num_threads()},
+    }
+    await run_jobs(engine, prompts[:8], slots[:8], 4)  # warm up both paths
+    base_generate(plain, tokenizer, prompts[:8], 4)
+    for batch in (8, 16):
+        base_tps = []
+        ours: dict[int, list[float]] = {k: [] for k in (1, 4, 8, 16)}
+        for _ in range(args.reps):
+            seconds, count = base_generate(plain, tokenizer, prompts[:batch], args.tokens)
+            base_tps.append(count / seconds)
+            for k in ours:
+                seconds, count = await run_jobs(
+                    engine, prompts[:batch], [slots[i % k] for i in range(batch)], args.tokens
+                )
+                ours[k].append(count / seconds)
+        # diagnostic: the same engine with its LoRA layers left empty (the engine's own overhead)
+        apply, engine._apply = engine._apply, lambda rows: None
+        bare = []
+        for _ in range(args.reps):
+            seconds, count = await run_jobs(engine, prompts[:batch], [0] * batch, args.tokens)
+            bare.append(count / seconds)
+        engine._apply = apply
+        base = statistics.median(base_tps)
+        result["throughput"][f"batch{batch}"] = {
+            "base_tokens_per_s": base,
+            "engine_without_lora": {
+                "tokens_per_s": statistics.median(bare),
+                "ratio": statistics.median(bare) / base,
+            },
+            **{
+                f"{k}_adapters": {"tokens_per_s": statistics.median(v), "ratio": statistics.median(v) / base}
+                for k, v in ours.items()
+            },
+        }
+
+    idle, busy = [], []
+    for i in range(args.reps * 3):
+        idle.append(await ttft(engine, prompts[i % 16], slots[i % 16]))
+        loop = asyncio.get_running_loop()
+        load = [
+            Job(p, s, Sampling(args.tokens * 4, temperature=0, ignore_eos=True), loop)
+            for p, s in zip(prompts[:7], slots[:7], strict=True)
+        ]
+        for job in load:
+            engine.submit(job)
+        for job in load:  # wait until the batch is past its prefill and decoding
+            while not isinstance(await job.events.get(), Delta):
+                pass
+        busy.append(await ttft(engine, prompts[(i + 8) % 16], slots[(i + 8) % 16]))
+        for job in load:
+            job.cancelled.set()
+        await asyncio.sleep(0.2)
+    result["ttft_ms"] = {"idle": pct([t * 1000 for t in idle]), "busy": pct([t * 1000 for t in busy])}
+    result["ttft_ms"]["ratio_p50"] = result["ttft_ms"]["busy"]["p50"] / result["ttft_ms"]["idle"]["p50"]
+    result["activation_ms"] = pct(bank.activations_ms)
+    engine.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=32, help="tokens generated per sequence")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = asyncio.run(measure(args))
+    print(f"{'decode throughput':<28}{'tokens/s':>10}{'x base':>9}")
+    for batch, row in result["throughput"].items():
+        print(f"{batch}: plain transformers{row['base_tokens_per_s']:>17.1f}{1:>9.2f}")
+        bare = row["engine_without_lora"]
+        print(f"{batch}: engine, no LoRA{bare['tokens_per_s']:>20.1f}{bare['ratio']:>9.2f}")
+        for k in (1, 4, 8, 16):
+            r = row[f"{k}_adapters"]
+            print(f"{batch}: {k:>2} distinct adapters{r['tokens_per_s']:>16.1f}{r['ratio']:>9.2f}")
+    t = result["ttft_ms"]
+    idle, busy = t["idle"], t["busy"]
+    print(f"TTFT idle p50 {idle['p50']:.1f} ms (p95 {idle['p95']:.1f}); busy p50 {busy['p50']:.1f} ms")
+    print(f"  (p95 {busy['p95']:.1f}); busy/idle {t['ratio_p50']:.2f}")
+    print(f"activation p50 {result['activation_ms']['p50']:.3f} ms")
+    ratio = result["throughput"]["batch8"]["8_adapters"]["ratio"]
+    verdict = "met" if ratio >= 0.92 else "MISSED"
+    print(f"target: 8 adapters at batch 8 >= 0.92x base: {verdict} ({ratio:.2f})")
+    verdict = "met" if t["ratio_p50"] <= 1.5 else "MISSED"
+    print(f"target: busy TTFT <= 1.5x idle: {verdict} ({t['ratio_p50']:.2f})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
