@@ -42,6 +42,8 @@ lint: $(STAMP)
 bench: setup
 	$(BIN)/python bench/generate.py --json bench/results/generate.json
 	$(BIN)/python bench/server.py --json bench/results/server.json
+	$(BIN)/python -m bench.activation --json bench/results/activation.json
+	$(BIN)/python -m bench.engine --json bench/results/engine.json
 
 clean-venv:
 	rm -rf $(VENV)
