@@ -25,6 +25,7 @@ class BatchedLoraLinear(nn.Module):
         self.base = base
         self.A: torch.Tensor | None = None  # [batch or 1, r, in]
         self.B: torch.Tensor | None = None  # [batch or 1, out, r]
+        self.rows: torch.Tensor | None = None  # the batch rows A/B belong to; None = every row
         self.scaling = 0.0
 
     @property
@@ -36,9 +37,13 @@ class BatchedLoraLinear(nn.Module):
         if self.A is None or self.B is None:
             return y
         A, B = self.A.to(x.dtype), self.B.to(x.dtype)
-        if x.dim() == 2:  # [batch, in]: one token per row
-            return y + self.scaling * ((x[:, None] @ A.transpose(-1, -2)) @ B.transpose(-1, -2))[:, 0]
-        return y + self.scaling * ((x @ A.transpose(-1, -2)) @ B.transpose(-1, -2))
+        h = x[:, None] if x.dim() == 2 else x  # [batch, in] is one token per row
+        if self.rows is not None:  # rows without an adapter skip the low-rank product
+            h = h.index_select(0, self.rows)
+        delta = self.scaling * ((h @ A.transpose(-1, -2)) @ B.transpose(-1, -2))
+        if x.dim() == 2:
+            delta = delta[:, 0]
+        return y + delta if self.rows is None else y.index_add(0, self.rows, delta)
 
 
 class LoraLayers:
@@ -59,16 +64,24 @@ class LoraLayers:
                 wrapped.append(module)
             self.layers[kind] = wrapped
 
-    def set(self, A: dict[str, torch.Tensor], B: dict[str, torch.Tensor], scaling: float) -> None:
-        """Use per-row adapters: A[kind] [batch, layers, r, in], B[kind] [batch, layers, out, r]."""
+    def set(
+        self,
+        A: dict[str, torch.Tensor],
+        B: dict[str, torch.Tensor],
+        scaling: float,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        """Use per-row adapters: A[kind] [n, layers, r, in], B[kind] [n, layers, out, r], for batch rows
+        ``rows`` (n of them; None = the whole batch, in order). Other rows run the base model alone."""
         for kind, modules in self.layers.items():
             for layer, module in enumerate(modules):
                 module.A, module.B, module.scaling = A[kind][:, layer], B[kind][:, layer], scaling
+                module.rows = rows
 
     def clear(self) -> None:
         for modules in self.layers.values():
             for module in modules:
-                module.A = module.B = None
+                module.A = module.B = module.rows = None
 
     @contextmanager
     def applied(

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.lora import LoraLayers
-from server.slots import SlotBank
+from server.slots import EMPTY, SlotBank
 
 log = logging.getLogger("t2l.engine")
 
@@ -202,7 +202,7 @@ class Engine:
         self.batches = 0  # prefill groups run (tests check that concurrent arrivals share one)
         self._stopping = False
         self._gathered_for: tuple[int, ...] = ()
-        self._gathered: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = ({}, {})
+        self._gathered: tuple[tuple[dict, dict] | None, torch.Tensor | None] = (None, None)
         self._thread = threading.Thread(target=self._loop, name="t2l-engine", daemon=True)
 
     def start(self) -> None:
@@ -272,12 +272,19 @@ class Engine:
                 batch = None
 
     def _apply(self, rows: list[RowState]) -> None:
-        """Point the LoRA layers at these rows' slots; gathered again only when the rows change."""
+        """Point the LoRA layers at the slots of the rows that have an adapter (the others skip LoRA);
+        gathered again only when the rows change."""
         key = tuple(id(row) for row in rows)
         if key != self._gathered_for:
-            self._gathered = self.bank.gather([row.job.slot for row in rows])
-            self._gathered_for = key
-        self.layers.set(*self._gathered, self.scaling)
+            adapted = [i for i, row in enumerate(rows) if row.job.slot != EMPTY]
+            index = None if len(adapted) == len(rows) else torch.tensor(adapted, device=self.device)
+            gathered = self.bank.gather([rows[i].job.slot for i in adapted]) if adapted else None
+            self._gathered, self._gathered_for = (gathered, index), key
+        gathered, index = self._gathered
+        if gathered is None:
+            self.layers.clear()
+        else:
+            self.layers.set(*gathered, self.scaling, index)
 
     def _prefill(self, jobs: list[Job]) -> Batch:
         """Prefill newcomers together (left-padded) and sample their first tokens."""

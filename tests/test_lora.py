@@ -84,3 +84,22 @@ def test_gradients_flow_into_generated_A_and_B(tiny_spec):
         model(ids, labels=ids).loss.backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in [*A.values(), *B.values()])
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_rows_without_an_adapter_skip_it(tiny_spec):
+    base = tiny_llama()
+    ours = copy.deepcopy(base)
+    layers = LoraLayers(ours, tiny_spec)
+    adapters = [random_adapter(tiny_spec, seed) for seed in (4, 5)]
+    ids = torch.randint(0, 128, (3, 7), generator=torch.Generator().manual_seed(1))
+    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
+    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    with torch.no_grad():
+        with layers.applied(A, B, adapters[0].scaling):
+            full = ours(ids[[0, 2]]).logits  # both adapter rows alone, in one batch
+        layers.set(A, B, adapters[0].scaling, rows=torch.tensor([0, 2]))  # row 1 has no adapter
+        mixed = ours(ids).logits
+        layers.clear()
+        plain = base(ids).logits
+    torch.testing.assert_close(mixed[1], plain[1], rtol=0, atol=0)
+    torch.testing.assert_close(mixed[[0, 2]], full, rtol=1e-5, atol=1e-5)
