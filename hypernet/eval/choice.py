@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.data.choice import Question
+from hypernet.eval.generate import PerRow, per_row
 from hypernet.eval.sni import garbage
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
@@ -22,7 +23,7 @@ def option_logprobs(
     tokenizer: PreTrainedTokenizerBase,
     layers: LoraLayers,
     pairs: list[tuple[str, str]],
-    adapters: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float] | None = None,
+    adapters: PerRow | None = None,
 ) -> list[float]:
     """Summed log-probability of each continuation given its prompt."""
     encoded = []
@@ -88,12 +89,8 @@ def evaluate_choice(
             rows = [(i % len(texts), q, c) for i, q in batch for c in q.choices]
             prefix = [f"{texts[d]}\n\n" if condition == "base+description" else "" for d, _, _ in rows]
             pairs = [(p + q.prompt, c) for p, (_, q, c) in zip(prefix, rows, strict=True)]
-            per_row = None
-            if made is not None:
-                A = {m: torch.stack([made[d].A[m] for d, _, _ in rows]) for m in made[0].A}
-                B = {m: torch.stack([made[d].B[m] for d, _, _ in rows]) for m in made[0].B}
-                per_row = (A, B, scaling)
-            logprobs += option_logprobs(model, tokenizer, layers, pairs, per_row)
+            stacked = per_row(made, [d for d, _, _ in rows], scaling)
+            logprobs += option_logprobs(model, tokenizer, layers, pairs, stacked)
         scores[condition] = score(questions, logprobs)
     return {
         "benchmark": name,

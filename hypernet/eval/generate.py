@@ -3,8 +3,11 @@
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hypernet.adapter import LoraAdapter
 from hypernet.chat import chat_ids
 from hypernet.lora import LoraLayers
+
+PerRow = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]  # per-row A, B and the LoRA scale
 
 
 @torch.no_grad()
@@ -13,7 +16,7 @@ def generate(
     tokenizer: PreTrainedTokenizerBase,
     layers: LoraLayers,
     chats: list[list[dict[str, str]]],
-    adapters: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float] | None,
+    adapters: PerRow | None,
     max_new_tokens: int,
     prefill: str = "",
     stop: list[str] | None = None,
@@ -46,3 +49,12 @@ def generate(
     if stop:  # rows that stopped before the batch did kept going: cut each at its first stop string
         texts = [min((t.split(s)[0] for s in stop), key=len) for t in texts]
     return [t.strip() for t in texts]
+
+
+def per_row(adapters: list[LoraAdapter] | None, rows: list[int], scaling: float) -> PerRow | None:
+    """Each batch row's adapter (``adapters[rows[i]]``), stacked for ``LoraLayers.set``; None for none."""
+    if adapters is None:
+        return None
+    A = {m: torch.stack([adapters[r].A[m] for r in rows]) for m in adapters[0].A}
+    B = {m: torch.stack([adapters[r].B[m] for r in rows]) for m in adapters[0].B}
+    return A, B, scaling

@@ -9,11 +9,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.errors import T2LError
-from hypernet.eval.generate import generate
+from hypernet.eval.generate import generate, per_row
 from hypernet.eval.sandbox import passes
 from hypernet.eval.sni import garbage
 from hypernet.generator import AdapterGenerator
@@ -101,12 +100,8 @@ def evaluate_generative(
                 + [{"role": "user", "content": p.prompt}]
                 for p, r in zip(batch, rows, strict=True)
             ]
-            per_row = None
-            if made is not None:
-                A = {m: torch.stack([made[r].A[m] for r in rows]) for m in made[0].A}
-                B = {m: torch.stack([made[r].B[m] for r in rows]) for m in made[0].B}
-                per_row = (A, B, scaling)
-            answers = generate(model, tokenizer, layers, chats, per_row, max_new_tokens, prefill, stop)
+            adapters = per_row(made, rows, scaling)
+            answers = generate(model, tokenizer, layers, chats, adapters, max_new_tokens, prefill, stop)
             for problem, answer in zip(batch, answers, strict=True):
                 if name == "gsm8k":
                     correct += gsm8k_correct(answer, problem.reference)

@@ -10,12 +10,11 @@ import random
 import string
 from dataclasses import asdict, dataclass
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.adapter import LoraAdapter
 from hypernet.data.sni import Task
-from hypernet.eval.generate import generate
+from hypernet.eval.generate import generate, per_row
 from hypernet.eval.metrics import exact_match, rouge_l
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
@@ -83,12 +82,8 @@ def evaluate_sni(
                     + [{"role": "user", "content": ex["input"]}]
                     for ex, r in zip(batch, rows, strict=True)
                 ]
-                per_row = None
-                if adapters is not None:
-                    A = {m: torch.stack([adapters[r].A[m] for r in rows]) for m in adapters[0].A}
-                    B = {m: torch.stack([adapters[r].B[m] for r in rows]) for m in adapters[0].B}
-                    per_row = (A, B, scaling)
-                predictions += generate(model, tokenizer, layers, chats, per_row, cfg.max_new_tokens)
+                stacked = per_row(adapters, rows, scaling)
+                predictions += generate(model, tokenizer, layers, chats, stacked, cfg.max_new_tokens)
             refs = [ex["output"] for ex in examples]
             per_task[task.name][condition] = {
                 "rougeL": sum(map(rouge_l, predictions, refs)) / len(refs),
