@@ -40,8 +40,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: setup
-	$(BIN)/python bench/generate.py --json bench/results/generate.json
-	$(BIN)/python bench/server.py --json bench/results/server.json
+	$(BIN)/python -m bench.generate --json bench/results/generate.json
+	$(BIN)/python -m bench.server --json bench/results/server.json
 	$(BIN)/python -m bench.activation --json bench/results/activation.json
 	$(BIN)/python -m bench.engine --json bench/results/engine.json
 

@@ -6,14 +6,11 @@ Baselines, measured in the same run on the same adapters: PEFT's ``hotswap_adapt
 then ``delete_adapter``). Target (issue 3): activation ≤ 1 ms on our 2-core CPU.
 
     python -m bench.activation [--n 100] [--json OUT]
-
-Run it as a module: run as a script, bench/server.py would shadow the ``server`` package.
 """
 
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 from peft import PeftModel
 from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
+from bench.stats import summary
 from hypernet.base import load_base
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
@@ -29,11 +27,6 @@ from hypernet.settings import Settings
 from server.slots import SlotBank
 
 TARGET_MS = 1.0
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50": statistics.median(samples), "p95": cuts[94], "n": len(samples)}
 
 
 def main() -> None:
@@ -77,7 +70,11 @@ def main() -> None:
                 load.append((time.perf_counter() - start) * 1000)
                 peft.delete_adapter("extra")
 
-    result = {"slot_copy": stats(ours), "peft_hotswap": stats(hotswap), "peft_load_adapter": stats(load)}
+    result = {
+        "slot_copy": summary(ours),
+        "peft_hotswap": summary(hotswap),
+        "peft_load_adapter": summary(load),
+    }
     base_p50 = result["peft_hotswap"]["p50"]
     print(f"{'activation':<30}{'p50 ms':>9}{'p95 ms':>9}{'x PEFT hotswap':>16}")
     labels = {

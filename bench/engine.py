@@ -8,8 +8,6 @@ an idle engine; and adapter activation. Targets (issue 5), 2-core CPU: ≥ 0.92x
 distinct adapters at batch 8; busy TTFT ≤ 1.5x idle TTFT.
 
     python -m bench.engine [--tokens 32] [--reps 3] [--json OUT]
-
-Run it as a module: run as a script, bench/server.py would shadow the ``server`` package.
 """
 
 import argparse
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.stats import summary
 from hypernet.base import load_base
 from hypernet.chat import chat_ids
 from hypernet.checkpoint import default_checkpoint
@@ -81,11 +80,6 @@ def base_generate(model, tokenizer, prompts: list[list[int]], tokens: int) -> tu
             pad_token_id=pad,
         )
     return time.perf_counter() - start, tokens * len(prompts)
-
-
-def pct(samples: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else samples * 100
-    return {"p50": statistics.median(samples), "p95": cuts[94], "n": len(samples)}
 
 
 async def measure(args: argparse.Namespace) -> dict:
@@ -164,9 +158,9 @@ async def measure(args: argparse.Namespace) -> dict:
         for job in load:
             job.cancelled.set()
         await asyncio.sleep(0.2)
-    result["ttft_ms"] = {"idle": pct([t * 1000 for t in idle]), "busy": pct([t * 1000 for t in busy])}
+    result["ttft_ms"] = {"idle": summary([t * 1000 for t in idle]), "busy": summary([t * 1000 for t in busy])}
     result["ttft_ms"]["ratio_p50"] = result["ttft_ms"]["busy"]["p50"] / result["ttft_ms"]["idle"]["p50"]
-    result["activation_ms"] = pct(bank.activations_ms)
+    result["activation_ms"] = summary(bank.activations_ms)
     engine.stop()
     return result
 

@@ -5,17 +5,17 @@ seen, so embedded) and repeated ones (served by the embedder's cache). The basel
 same run and interleaved with the measured calls, is a bare sentence-transformers ``encode`` of the same
 description: what any service pays just to embed it. Target (issue 2): total p50 ≤ 25 ms on 2 CPU cores.
 
-    python bench/generate.py [--n 200] [--json OUT]
+    python -m bench.generate [--n 200] [--json OUT]
 """
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from bench.stats import summary
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
 from hypernet.settings import Settings
@@ -32,16 +32,6 @@ def descriptions(data_dir: Path, n: int) -> list[str]:
         verbs = ["Classify", "Summarise", "Translate", "Answer questions about", "Extract entities from"]
         found += [f"{verbs[i % 5]} texts of kind {i} and explain the answer step by step" for i in range(n)]
     return list(dict.fromkeys(found))[:n]
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {
-        "p50": statistics.median(samples),
-        "p95": cuts[94],
-        "mean": statistics.fmean(samples),
-        "n": len(samples),
-    }
 
 
 def main() -> None:
@@ -77,7 +67,7 @@ def main() -> None:
         repeated["rep_total"].append(t.total_ms)
     rows |= repeated
 
-    result = {k: stats(v) for k, v in rows.items()}
+    result = {k: summary(v) for k, v in rows.items()}
     base_p50 = result["baseline"]["p50"]
     result["ratios_vs_bare_encode_p50"] = {k: result[k]["p50"] / base_p50 for k in rows if k != "baseline"}
     result["target_total_p50_ms"] = TARGET_TOTAL_P50_MS

@@ -24,7 +24,7 @@ Descriptions are real SNI task descriptions (``../shared/data/sni/tasks/*.json``
 round-robin across tasks when present, else synthetic ones. Each server first gets 10 warm-up requests
 per kind, left out of the numbers. Run from the repository root (a few minutes on 2 CPU cores):
 
-    .venv/bin/python bench/server.py [--n 100] [--max-tokens 8] [--json OUT] [--keep-state]
+    .venv/bin/python -m bench.server [--n 100] [--max-tokens 8] [--json OUT] [--keep-state]
 """
 
 import argparse
@@ -35,7 +35,6 @@ import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.stats import summary
 from hypernet.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,16 +74,6 @@ def descriptions(data_dir: Path, n: int) -> list[str]:
     verbs = ["Classify", "Summarise", "Translate", "Answer questions about", "Extract entities from"]
     texts += [f"{verbs[i % 5]} texts of kind {i} and explain the answer step by step" for i in range(n)]
     return texts[:n]
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {
-        "p50": statistics.median(samples),
-        "p95": cuts[94],
-        "mean": statistics.fmean(samples),
-        "n": len(samples),
-    }
 
 
 def free_port() -> int:
@@ -314,21 +304,21 @@ def main() -> None:
 
     result: dict = {}
     for key in ("cold", "l1", "redis"):
-        result[f"adapters_{key}"] = stats(rows[key]["client"])
-        result[f"adapters_{key}_server"] = stats(rows[key]["server"])
+        result[f"adapters_{key}"] = summary(rows[key]["client"])
+        result[f"adapters_{key}_server"] = summary(rows[key]["server"])
         for part in ("embed", "hypernet"):
             if part in rows[key]:
-                result[f"adapters_{key}_server_{part}"] = stats(rows[key][part])
-    result["ttft_new_description"] = stats(rows["ttft_new"]["client"])
-    result["ttft_base"] = stats(rows["ttft_base"]["client"])
+                result[f"adapters_{key}_server_{part}"] = summary(rows[key][part])
+    result["ttft_new_description"] = summary(rows["ttft_new"]["client"])
+    result["ttft_base"] = summary(rows["ttft_base"]["client"])
     new_p50, base_p50 = result["ttft_new_description"]["p50"], result["ttft_base"]["p50"]
     result["ttft_p50_diff_ms"] = new_p50 - base_p50
     result["ttft_p50_ratio"] = new_p50 / base_p50
-    result["ttft_new_description_under_load"] = stats(rows["ttft_busy"]["client"])
+    result["ttft_new_description_under_load"] = summary(rows["ttft_busy"]["client"])
     result["ttft_under_load_ratio_p50"] = result["ttft_new_description_under_load"]["p50"] / new_p50
     # the same difference per interleaved pair: robust to the drift both members of a pair share
     pairs = [a - b for a, b in zip(rows["ttft_new"]["client"], rows["ttft_base"]["client"], strict=True)]
-    result["ttft_paired_diff"] = stats(pairs)
+    result["ttft_paired_diff"] = summary(pairs)
     result["targets_ms"] = {
         **{f"adapters_{k}_p50": v for k, v in TARGETS_MS.items()},
         "ttft_new_minus_base_p50": TARGET_TTFT_EXTRA_MS,
