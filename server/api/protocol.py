@@ -72,6 +72,7 @@ class ChatRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = Field(False, description="generate max_tokens even past end-of-turn (as vLLM's)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
