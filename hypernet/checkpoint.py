@@ -55,10 +55,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_checkpoint(model: HyperLoRA, config: CheckpointConfig, out: Path) -> CheckpointConfig:
+def save_checkpoint(
+    model: HyperLoRA, config: CheckpointConfig, out: Path, dtype: torch.dtype | None = None
+) -> CheckpointConfig:
+    """Write ``out/model.safetensors`` (in ``dtype`` when given: a shipped checkpoint is stored in half
+    precision to stay small; loading casts back to the network's float32) and ``out/config.json``."""
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(weights))
+    tensors = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(weights))
     config = config.model_copy(
         update={"weights_sha256": _sha256(weights), "created": config.created or now()}
     )

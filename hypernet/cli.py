@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -98,6 +99,25 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> None:
     print(f"training: {json.dumps(config.training)}")
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
+    import torch
+
+    from hypernet.card import model_card
+    from hypernet.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(args.source)
+    results = []
+    for file in args.result or []:
+        if not file.is_file():
+            raise T2LError(f"no evaluation result at {file}")
+        results.append(json.loads(file.read_text()))
+    fresh = config.model_copy(update={"created": ""})
+    config = save_checkpoint(model, fresh, args.output, getattr(torch, args.dtype))
+    (args.output / "README.md").write_text(model_card(config, results))
+    size = (args.output / "model.safetensors").stat().st_size / 2**20
+    print(f"checkpoint: {args.output.resolve()} ({config.id}, {config.status}, {args.dtype}, {size:.1f} MiB)")
+
+
 def cmd_import_official(args: argparse.Namespace, settings: Settings) -> None:
     from hypernet.official import import_official
 
@@ -147,6 +167,13 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     p.add_argument("path", type=Path)
     p.set_defaults(run=cmd_info)
 
+    p = sub.add_parser("export", help="a trained checkpoint to ship: compact weights and a model card")
+    p.add_argument("source", type=Path, help="checkpoint folder (a training run's OUT/checkpoint)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--result", type=Path, action="append", help="an eval result.json for the card")
+    p.set_defaults(run=cmd_export)
+
     p = sub.add_parser("import-official", help="convert a reference T2L release folder to our format")
     p.add_argument("source", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -173,6 +200,7 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
 
 def main(argv: list[str] | None = None, extend: Callable[[Any], None] | None = None) -> int:
     args = build_parser(extend).parse_args(argv)
+    args.command_line = shlex.join(["t2l", *(sys.argv[1:] if argv is None else argv)])  # for provenance
     try:
         settings = Settings()
     except ValidationError as err:

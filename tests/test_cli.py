@@ -103,3 +103,39 @@ def test_subprocess_prints_no_traceback(tiny_checkpoint, tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().startswith("t2l: error:")
+
+
+def test_export_writes_half_precision_weights_and_a_model_card(capsys, tiny_checkpoint, tmp_path):
+    import torch
+
+    from hypernet.checkpoint import load_checkpoint
+
+    result = {
+        "benchmark": "sni-held-out",
+        "command": "t2l eval sni --out results/sni",
+        "metrics": ["rougeL"],
+        "conditions": ["base", "t2l"],
+        "tasks": {"task_a": {"base": {"rougeL": 10.0}, "t2l": {"rougeL": 30.0}}},
+        "average": {"base": {"rougeL": 10.0}, "t2l": {"rougeL": 30.0}},
+    }
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    out = tmp_path / "shipped"
+    code, stdout, err = run(
+        capsys, "export", tiny_checkpoint, "-o", out, "--result", tmp_path / "result.json"
+    )
+    assert code == 0, err
+    assert all(t.dtype == torch.float16 for t in load_file(str(out / "model.safetensors")).values())
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (
+        tiny_checkpoint / "model.safetensors"
+    ).stat().st_size
+    original, _ = load_checkpoint(tiny_checkpoint)
+    shipped, config = load_checkpoint(out)  # the checksum is the new file's; loading casts back to float32
+    assert config.id in stdout and config.id in (out / "README.md").read_text()
+    emb = torch.randn(2, config.hypernet.embed_dim)
+    with torch.no_grad():
+        for m, b in original(emb)[1].items():
+            assert torch.allclose(shipped(emb)[1][m], b, atol=1e-3)
+    card = (out / "README.md").read_text()
+    assert "| task_a | 10.0 | 30.0 |" in card and "t2l eval sni --out results/sni" in card
+    code, _, err = run(capsys, "export", tiny_checkpoint, "-o", out, "--result", tmp_path / "missing.json")
+    assert code == 2 and "no evaluation result" in err

@@ -92,6 +92,8 @@ def test_eval_mc_command_writes_its_report(
         )
     )
     monkeypatch.setenv("T2L_BASE_MODEL", str(tiny_chat_base))
+    (made,), _ = AdapterGenerator.load(tiny_chat_checkpoint).generate(["Answer yes or no."])
+    made.save_peft(tmp_path / "peft")
     code = main(
         [
             "eval",
@@ -106,9 +108,14 @@ def test_eval_mc_command_writes_its_report(
             "--conditions",
             "base",
             "t2l",
+            "--adapter",
+            f"same={tmp_path / 'peft'}",
         ]
     )
     assert code == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["benchmark"] == "yesno" and result["tasks"]["yesno"]["t2l"]["n"] == 4
+    assert result["conditions"] == ["base", "t2l", "same"] and result["command"].startswith("t2l eval mc")
+    # the generated adapter, read back from its PEFT folder as a fixed one, scores the same
+    assert result["tasks"]["yesno"]["same"] == result["tasks"]["yesno"]["t2l"]
     assert "| yesno |" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """SFT of the hypernetwork through a frozen tiny base: the loss falls, and a resumed run is exact."""
 
+import random
 import shutil
 
 import pytest
@@ -130,3 +131,80 @@ def test_multi_task_lora_baseline_trains_on_the_same_loop_and_exports_peft(
     assert "multi-task-lora" in (folder / "README.md").read_text()
     peft = PeftModel.from_pretrained(load_base(str(tiny_chat_base), CHECKPOINTS)[0], str(folder))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in peft.state_dict().items())
+
+
+def _cuts(values: list[int], mask: int) -> list[list[int]]:
+    """``values`` cut before each position whose bit is set in ``mask``."""
+    groups, start = [], 0
+    for i in range(1, len(values)):
+        if mask >> (i - 1) & 1:
+            groups.append(values[start:i])
+            start = i
+    return [*groups, values[start:]]
+
+
+def test_length_groups_cover_every_row_once_and_cut_where_it_pays():
+    from hypernet.train.sft import length_groups
+
+    lengths = [150, 20, 22, 148, 21, 60]
+    groups = length_groups(lengths, cost=64)
+    assert sorted(r for g in groups for r in g) == list(range(len(lengths)))
+    # by hand: short three 3 x 22 + 64, the 60-token row alone 60 + 64, the long two 2 x 150 + 64: 618;
+    # the 60-token row with the short ones would cost 4 x 60 + 64 + 364 = 668
+    assert [sorted(g) for g in groups] == [[1, 2, 4], [5], [0, 3]]
+    rng = random.Random(0)  # and it is the cheapest of all cuts of the sorted rows, by brute force
+    for _ in range(20):
+        lengths = [rng.randint(5, 200) for _ in range(rng.randint(1, 7))]
+        ordered = sorted(lengths)
+        cheapest = min(
+            sum(len(c) * max(c) + 64 for c in _cuts(ordered, mask)) for mask in range(2 ** (len(ordered) - 1))
+        )
+        groups = length_groups(lengths, cost=64)
+        assert sum(len(g) * max(lengths[r] for r in g) + 64 for g in groups) == cheapest
+    assert length_groups([30] * 5) == [[0, 1, 2, 3, 4]]  # equal lengths: no reason to cut
+    assert length_groups([10, 200], cost=0) == [[0], [1]]
+
+
+def test_loss_on_kept_positions_equals_the_full_vocabulary_loss(
+    tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path
+):
+    """Only positions that predict a response token reach the vocabulary projection, in length groups;
+    the loss must equal one padded forward with full logits."""
+    trainer = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path)
+    randomize = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for head in trainer.hypernet.heads.values():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=randomize) * 0.05)
+    trainer.hypernet.eval()
+    tasks = toy_tasks()
+    pairs = [[tasks[0].instances[0], tasks[0].instances[1]], [{"input": "a " * 150, "output": "long"}]]
+    embeddings = [trainer.train_emb[0][0], trainer.train_emb[1][0]]
+    batch = trainer._collate(embeddings, pairs)
+    assert [len(rows[0]) for rows in batch[1]] == [2, 1]  # the long row gets a forward of its own
+    summed, count = trainer.loss(batch)
+
+    encoded = [
+        encode_example(trainer.tokenizer, ex["input"], ex["output"], 256) for rows in pairs for ex in rows
+    ]
+    longest = max(len(i) for i, _ in encoded)
+    ids = torch.full((3, longest), trainer.pad)
+    labels = torch.full((3, longest), IGNORE)
+    mask = torch.zeros((3, longest), dtype=torch.long)
+    for row, (tokens, targets) in enumerate(encoded):
+        ids[row, : len(tokens)], labels[row, : len(targets)], mask[row, : len(tokens)] = (
+            torch.tensor(tokens),
+            torch.tensor(targets),
+            1,
+        )
+    with torch.no_grad():
+        A, B = trainer.hypernet(torch.stack(embeddings))
+        owner = torch.tensor([0, 0, 1])
+        A = {m: a.index_select(0, owner) for m, a in A.items()}
+        B = {m: b.index_select(0, owner) for m, b in B.items()}
+        with trainer.layers.applied(A, B, trainer.config.hypernet.scaling):
+            logits = trainer.base(input_ids=ids, attention_mask=mask).logits
+    full = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    assert count == int((labels[:, 1:] != IGNORE).sum())
+    assert summed.item() == pytest.approx(full.item(), rel=1e-5)

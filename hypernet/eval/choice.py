@@ -8,6 +8,7 @@ tokens after the prompt (``acc``), and that sum divided by the option's length i
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from hypernet.adapter import LoraAdapter
 from hypernet.data.choice import Question
 from hypernet.eval.generate import PerRow, per_row
 from hypernet.eval.sni import garbage
@@ -75,14 +76,20 @@ def evaluate_choice(
     conditions: tuple[str, ...] = CONDITIONS,
     batch_questions: int = 4,
     seed: int = 0,
+    fixed: dict[str, LoraAdapter] | None = None,
 ) -> dict:
-    """Accuracy under each condition; question i uses description i mod len(descriptions)."""
+    """Accuracy under each condition; question i uses description i mod len(descriptions); ``fixed`` adds
+    one condition per named adapter (a LoRA baseline)."""
+    fixed = fixed or {}
+    conditions = (*conditions, *fixed)
     layers = LoraLayers(model, generator.config.base)
     scaling = generator.config.hypernet.scaling
     scores = {}
     for condition in conditions:
         texts = garbage(len(descriptions), seed) if condition == "t2l-garbage" else descriptions
         made = generator.generate(texts)[0] if condition.startswith("t2l") else None
+        if condition in fixed:
+            made = [fixed[condition]] * len(texts)
         logprobs: list[float] = []
         for start in range(0, len(questions), batch_questions):
             batch = list(enumerate(questions[start : start + batch_questions], start))

@@ -32,7 +32,20 @@ def _models(args: argparse.Namespace, settings: Settings) -> tuple[AdapterGenera
     return generator, model, tokenizer
 
 
-def _report(result: dict, out: Path) -> None:
+def _fixed_adapters(args: argparse.Namespace, generator: AdapterGenerator) -> dict[str, LoraAdapter]:
+    """The ``--adapter NAME=FOLDER`` baselines, each scored as a condition of its own."""
+    fixed = {}
+    for spec in args.adapter or []:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            raise T2LError(f"--adapter wants NAME=FOLDER, got {spec!r}")
+        fixed[name] = LoraAdapter.from_peft(Path(folder), generator.config.base)
+    return fixed
+
+
+def _report(result: dict, args: argparse.Namespace) -> None:
+    out: Path = args.out
+    result["command"] = args.command_line
     write_report(result, out)
     print(markdown_table(result, result["metrics"][0]))
     print(f"results: {out / 'result.json'}, {out / 'result.md'}, {out / 'result.png'}")
@@ -44,14 +57,9 @@ def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
     if args.tasks:
         tasks = tasks[: args.tasks]
     cfg = EvalConfig(args.examples, args.descriptions, args.max_new_tokens, args.batch_size, args.seed)
-    fixed = {}
-    for spec in args.adapter or []:
-        name, _, folder = spec.partition("=")
-        if not folder:
-            raise T2LError(f"--adapter wants NAME=FOLDER, got {spec!r}")
-        fixed[name] = LoraAdapter.from_peft(Path(folder), generator.config.base)
+    fixed = _fixed_adapters(args, generator)
     result = evaluate_sni(model, tokenizer, generator, tasks, tuple(args.conditions), cfg, fixed)
-    _report(result, args.out)
+    _report(result, args)
 
 
 def add_eval(sub: Any) -> None:
@@ -82,6 +90,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--descriptions", type=int, default=3, help="how many of T2L's descriptions to use")
     p.add_argument("--description", action="append", help="a task description to use (repeatable)")
+    p.add_argument("--adapter", action="append", help="NAME=PEFT_FOLDER: also score this fixed adapter")
     p.set_defaults(run=cmd_eval_choice)
 
     p = evals.add_parser("gen", help="GSM8K accuracy, HumanEval / MBPP pass@1 (greedy, code run sandboxed)")
@@ -103,9 +112,16 @@ def cmd_eval_choice(args: argparse.Namespace, settings: Settings) -> None:
     if not descriptions and any(c != "base" for c in args.conditions):
         raise T2LError(f"no task descriptions for {name!r}: pass --description TEXT")
     result = evaluate_choice(
-        model, tokenizer, generator, name, questions, descriptions, tuple(args.conditions)
+        model,
+        tokenizer,
+        generator,
+        name,
+        questions,
+        descriptions,
+        tuple(args.conditions),
+        fixed=_fixed_adapters(args, generator),
     )
-    _report(result, args.out)
+    _report(result, args)
 
 
 def cmd_eval_generative(args: argparse.Namespace, settings: Settings) -> None:
@@ -124,4 +140,4 @@ def cmd_eval_generative(args: argparse.Namespace, settings: Settings) -> None:
         args.max_new_tokens,
         args.batch_size,
     )
-    _report(result, args.out)
+    _report(result, args)

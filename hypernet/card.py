@@ -1,0 +1,57 @@
+"""The model card of a trained checkpoint: what it is, how it was trained, how it scores, how to redo it."""
+
+from hypernet.checkpoint import CheckpointConfig
+from hypernet.eval.report import markdown_table
+
+
+def _command(argv: str) -> str:
+    """A recorded command line with the program's own path shortened to ``t2l``."""
+    program, _, rest = argv.partition(" ")
+    return f"t2l {rest}" if program.endswith("t2l") else argv
+
+
+def model_card(config: CheckpointConfig, results: list[dict]) -> str:
+    """Markdown: the network, its base and embedder, the training provenance, and each evaluation given."""
+    hyper, training, embedder = config.hypernet, config.training, config.embedder
+    settings = training.get("settings", {})
+    lines = [
+        f"# T2L hypernetwork for {config.base.name}",
+        "",
+        "A Text-to-LoRA hypernetwork (Charakorn et al., ICML 2025): a task description in, a LoRA adapter "
+        "for every target layer of the base out, in one forward pass.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| checkpoint id | `{config.id}` |",
+        f"| base | {config.base.describe()} |",
+        f"| embedder | `{embedder.name}` (dim {embedder.dim}, pooling {embedder.pooling}) |",
+        f"| hypernetwork | size {hyper.size} (latent {hyper.latent_size}, head input {hyper.head_in_size}) |",
+        f"| adapters | rank {hyper.rank}, alpha {hyper.alpha:g}, rsLoRA {hyper.use_rslora}, "
+        f"targets {', '.join(hyper.target_modules)} |",
+        f"| training | {training.get('status', 'unknown')}, {training.get('steps', '?')} steps, "
+        f"{training.get('train_tasks', '?')} SNI training tasks |",
+        "",
+        "## Training",
+        "",
+        "Supervised fine-tuning through the frozen base: each step samples tasks, one of each task's "
+        "paraphrased descriptions and a few of its examples; the loss is cross-entropy on response tokens.",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in settings.items()),
+        f"| last training loss | {training.get('last_loss', float('nan')):.4f} |",
+        f"| held-out validation loss | {training.get('val_loss', float('nan')):.4f} |",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        _command(str(training.get("command", "?"))),
+        "```",
+    ]
+    for result in results:
+        lines += ["", f"## Evaluation: {result['benchmark']}", ""]
+        if "command" in result:
+            lines += ["```bash", _command(result["command"]), "```", ""]
+        for metric in result["metrics"]:
+            lines += [f"{metric}:", "", markdown_table(result, metric)]
+    return "\n".join(lines).rstrip() + "\n"
