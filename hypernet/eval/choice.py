@@ -40,16 +40,20 @@ def option_logprobs(
     for row, (tokens, _) in enumerate(encoded):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, : len(tokens)] = 1
+    keep = torch.zeros_like(ids, dtype=torch.bool)  # the positions that predict an option token
+    for row, (tokens, start) in enumerate(encoded):
+        keep[row, start - 1 : len(tokens) - 1] = True
+    targets = ids[:, 1:][keep[:, :-1]].to(device)
     if adapters is not None:
         layers.set(*adapters)
     try:
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)
+        ).logits.float()
     finally:
         layers.clear()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
-    return [
-        float(logprobs[row, start - 1 : len(tokens) - 1].sum()) for row, (tokens, start) in enumerate(encoded)
-    ]
+    logprobs = torch.log_softmax(logits.reshape(len(targets), -1), dim=-1).gather(-1, targets[:, None])[:, 0]
+    return [float(part.sum()) for part in logprobs.split(keep.sum(dim=1).tolist())]
 
 
 def score(questions: list[Question], logprobs: list[float]) -> dict[str, float]:
