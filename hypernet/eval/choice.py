@@ -37,11 +37,10 @@ def option_logprobs(
     device = next(model.parameters()).device
     ids = torch.full((len(encoded), longest), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for row, (tokens, _) in enumerate(encoded):
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-        mask[row, : len(tokens)] = 1
     keep = torch.zeros_like(ids, dtype=torch.bool)  # the positions that predict an option token
     for row, (tokens, start) in enumerate(encoded):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
         keep[row, start - 1 : len(tokens) - 1] = True
     targets = ids[:, 1:][keep[:, :-1]].to(device)
     if adapters is not None:
