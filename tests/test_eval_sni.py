@@ -46,6 +46,10 @@ def test_harness_end_to_end(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_
     table = markdown_table(result)
     assert table.splitlines()[0] == "| task | base | base+description | t2l | t2l-garbage |"
     assert "| **average** |" in table and (tmp_path / "result.png").stat().st_size > 0
+    assert set(result["paired"]) == {"t2l - base", "t2l - base+description", "t2l - t2l-garbage"}
+    gap = result["average"]["t2l"]["rougeL"] - result["average"]["base"]["rougeL"]
+    assert result["paired"]["t2l - base"]["difference"] == pytest.approx(gap)
+    assert "## paired differences" in (tmp_path / "result.md").read_text()
 
 
 def test_a_fixed_peft_adapter_is_one_more_condition(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
@@ -64,3 +68,19 @@ def test_a_fixed_peft_adapter_is_one_more_condition(tiny_chat_base, tiny_chat_ch
     assert result["tasks"]["upper"]["mt-lora"] == result["tasks"]["upper"]["t2l"]
     with pytest.raises(T2LError, match="not a PEFT LoRA folder"):
         LoraAdapter.from_peft(tmp_path, generator.config.base)
+
+
+def test_paired_difference_by_hand():
+    from hypernet.eval.paired import paired_difference
+
+    a = {"x": [100.0, 0.0, 50.0], "y": [10.0, 20.0]}
+    same = paired_difference(a, a)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["examples"] == 5
+    shifted = paired_difference({t: [v + 7 for v in s] for t, s in a.items()}, a)
+    assert shifted["difference"] == pytest.approx(7.0) and shifted["ci95"] == pytest.approx([7.0, 7.0])
+    # task-averaged: task x gains (100 - 0) / 3 per example, task y nothing; mean of the two task means
+    one = paired_difference({"x": [100.0, 0.0, 0.0], "y": [5.0, 5.0]}, {"x": [0.0] * 3, "y": [5.0, 5.0]})
+    assert one["difference"] == pytest.approx(100 / 3 / 2)
+    assert one["ci95"][0] == pytest.approx(0.0) and one["ci95"][1] == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        paired_difference({"x": [1.0]}, {"x": [1.0, 2.0]})

@@ -13,7 +13,9 @@ STEPS = 3
 
 
 def without_dropout(trainer) -> None:
-    """Dropout masks depend on how rows are split between processes; equality needs it off."""
+    """Dropout masks and NEFTune noise depend on how rows are split between processes; equality needs
+    them off."""
+    trainer.cfg.neftune_alpha = 0.0
     for module in trainer.hypernet.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0

@@ -43,7 +43,9 @@ def make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, out, **cfg) -> 
     with torch.no_grad():  # start from the identity adapter, as `t2l init` does
         for head in hypernet.heads.values():
             head.weight.zero_()
-    settings = SFTConfig(**({"tasks_per_step": 3, "examples_per_task": 2, "warmup_steps": 2} | cfg))
+    # NEFTune's noise is sized for real embedding widths; on the tiny base it would drown the signal
+    defaults = {"tasks_per_step": 3, "examples_per_task": 2, "warmup_steps": 2, "neftune_alpha": 0.0}
+    settings = SFTConfig(**(defaults | cfg))
     tasks = toy_tasks()
     return SFTTrainer(base, tokenizer, hypernet, config, embedder, tasks, tasks[:1], settings, out)
 
@@ -208,3 +210,27 @@ def test_loss_on_kept_positions_equals_the_full_vocabulary_loss(
     )
     assert count == int((labels[:, 1:] != IGNORE).sum())
     assert summed.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_regularisers_shape_training_steps_only(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    """Label smoothing, the L2 on generated weights and NEFTune change the training loss; validation
+    (the hypernetwork in eval mode) scores plain cross-entropy."""
+    plain = make_trainer(
+        tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path / "a", label_smoothing=0.0, l2_generated=0.0
+    )
+    regular = make_trainer(
+        tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path / "b", neftune_alpha=5.0, l2_generated=1.0
+    )
+    batch = plain.sample()
+    for trainer in (plain, regular):
+        trainer.hypernet.train()
+    with torch.no_grad():
+        (ce, count), (reg, _) = plain.loss(batch), regular.loss(batch)
+        A, _ = regular.hypernet(batch[0])
+        for trainer in (plain, regular):
+            trainer.hypernet.eval()
+        (ce_eval, _), (reg_eval, _) = plain.loss(batch), regular.loss(batch)
+    assert reg_eval.item() == pytest.approx(ce_eval.item(), rel=1e-6) == pytest.approx(ce.item(), rel=1e-6)
+    # the penalty alone is at least each task's mean squared A (the initial A is not zero) per token
+    least = min(sum(a[t].pow(2).mean() for a in A.values()) for t in range(A["q_proj"].shape[0]))
+    assert reg.item() > ce.item() + 0.5 * least.item() * count

@@ -14,7 +14,7 @@ from hypernet.data.sni import load_tasks
 from hypernet.errors import T2LError
 from hypernet.eval.choice import evaluate_choice
 from hypernet.eval.generative import BENCHMARKS, evaluate_generative, load_problems
-from hypernet.eval.report import markdown_table, write_report
+from hypernet.eval.report import markdown_table, paired_lines, write_report
 from hypernet.eval.sni import CONDITIONS, EvalConfig, evaluate_sni
 from hypernet.generator import AdapterGenerator
 from hypernet.settings import Settings
@@ -48,6 +48,7 @@ def _report(result: dict, args: argparse.Namespace) -> None:
     result["command"] = args.command_line
     write_report(result, out)
     print(markdown_table(result, result["metrics"][0]))
+    print(paired_lines(result), end="")
     print(f"results: {out / 'result.json'}, {out / 'result.md'}, {out / 'result.png'}")
 
 

@@ -15,6 +15,16 @@ def markdown_table(result: dict, metric: str = "rougeL") -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_lines(result: dict) -> str:
+    """The paired differences (ROUGE-L points, 95% bootstrap interval), one line per comparison."""
+    rows = [
+        f"- {name}: {p['difference']:+.1f} ROUGE-L (95% CI {p['ci95'][0]:+.1f} to {p['ci95'][1]:+.1f}, "
+        f"{p['examples']} paired examples)"
+        for name, p in result.get("paired", {}).items()
+    ]
+    return "\n".join(rows) + "\n" if rows else ""
+
+
 def bar_chart(result: dict, out: Path, metric: str = "rougeL") -> Path:
     import matplotlib
 
@@ -38,5 +48,7 @@ def write_report(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     tables = [f"## {m}\n\n{markdown_table(result, m)}" for m in result["metrics"]]
+    paired = paired_lines(result)
+    tables += [f"## paired differences\n\n{paired}"] if paired else []
     (out / "result.md").write_text(f"# {result['benchmark']}\n\n" + "\n".join(tables))
     bar_chart(result, out / "result.png", result["metrics"][0])

@@ -16,6 +16,7 @@ from hypernet.adapter import LoraAdapter
 from hypernet.data.sni import Task
 from hypernet.eval.generate import generate, per_row
 from hypernet.eval.metrics import exact_match, rouge_l
+from hypernet.eval.paired import paired_difference
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
 
@@ -85,10 +86,13 @@ def evaluate_sni(
                 stacked = per_row(adapters, rows, scaling)
                 predictions += generate(model, tokenizer, layers, chats, stacked, cfg.max_new_tokens)
             refs = [ex["output"] for ex in examples]
+            rouge = list(map(rouge_l, predictions, refs))
             per_task[task.name][condition] = {
-                "rougeL": sum(map(rouge_l, predictions, refs)) / len(refs),
+                "rougeL": sum(rouge) / len(refs),
                 "exact_match": sum(map(exact_match, predictions, refs)) / len(refs),
                 "n": len(refs),
+                "rougeL_per_example": rouge,
+                "predictions": predictions,
             }
     average = {
         c: {m: sum(per_task[t][c][m] for t in per_task) / len(per_task) for m in ("rougeL", "exact_match")}
@@ -103,4 +107,16 @@ def evaluate_sni(
         "conditions": list(conditions),
         "tasks": per_task,
         "average": average,
+        "paired": _paired(per_task, conditions),
     }
+
+
+def _paired(per_task: dict, conditions: tuple[str, ...]) -> dict[str, dict]:
+    """T2L against every other condition, example by example (ROUGE-L): is a gap more than noise?"""
+    if "t2l" not in conditions:
+        return {}
+
+    def scores(c: str) -> dict[str, list[float]]:
+        return {t: per_task[t][c]["rougeL_per_example"] for t in per_task}
+
+    return {f"t2l - {c}": paired_difference(scores("t2l"), scores(c)) for c in conditions if c != "t2l"}

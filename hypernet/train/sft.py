@@ -26,6 +26,10 @@ class SFTConfig(LoopConfig):
     examples_per_task: int = Field(2, ge=1)
     max_len: int = Field(256, ge=16)
     val_examples: int = Field(4, ge=1, description="examples per held-out task in the validation set")
+    # the reference's regularisers (its SFT recipe's values); training steps only, never validation
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    neftune_alpha: float = Field(5.0, ge=0, description="NEFTune noise on the base's input embeddings")
+    l2_generated: float = Field(1e-3, ge=0, description="L2 penalty on the generated A and B")
 
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -128,20 +132,50 @@ class SFTTrainer(Trainer):
         which projects onto the vocabulary only the positions that predict a response token.
         """
         embeddings, groups = batch
-        A_all, B_all = (model or self.hypernet)(embeddings)
+        model = model or self.hypernet
+        training, cfg = model.training, self.cfg
+        A_all, B_all = model(embeddings)
         total, count = torch.zeros((), device=self.device), 0
-        for owner, ids, mask, labels in groups:
-            A = {m: a.index_select(0, owner) for m, a in A_all.items()}
-            B = {m: b.index_select(0, owner) for m, b in B_all.items()}
-            targets = labels[:, 1:]
-            keep = nn.functional.pad(targets != IGNORE, (0, 1))  # position p predicts token p + 1
-            with self.layers.applied(A, B, self.config.hypernet.scaling):
-                logits = self.base(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-            total = total + nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets[keep[:, :-1]], reduction="sum"
+        tokens_of_task = torch.zeros(embeddings.shape[0], device=self.device)
+        noise = self._neftune() if training and cfg.neftune_alpha > 0 else None
+        try:
+            for owner, ids, mask, labels in groups:
+                A = {m: a.index_select(0, owner) for m, a in A_all.items()}
+                B = {m: b.index_select(0, owner) for m, b in B_all.items()}
+                targets = labels[:, 1:]
+                keep = nn.functional.pad(targets != IGNORE, (0, 1))  # position p predicts token p + 1
+                with self.layers.applied(A, B, self.config.hypernet.scaling):
+                    logits = self.base(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+                total = total + nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(),
+                    targets[keep[:, :-1]],
+                    reduction="sum",
+                    label_smoothing=cfg.label_smoothing if training else 0.0,
+                )
+                count += int(keep.sum())
+                tokens_of_task.index_add_(0, owner, keep.sum(1).to(tokens_of_task.dtype))
+        finally:
+            if noise is not None:
+                noise.remove()
+        if training and cfg.l2_generated > 0:
+            # the reference's mean(A^2) + mean(B^2) summed over modules, per task, weighted by the task's
+            # tokens: the penalty is then a per-token term like the loss, the same however rows are split
+            penalty = sum(
+                A_all[m].pow(2).flatten(1).mean(1) + B_all[m].pow(2).flatten(1).mean(1) for m in A_all
             )
-            count += int(keep.sum())
+            total = total + cfg.l2_generated * (penalty * tokens_of_task).sum()
         return total, count
+
+    def _neftune(self) -> torch.utils.hooks.RemovableHandle:
+        """NEFTune (Jain et al., 2023), as the reference trains: uniform noise of magnitude
+        alpha / sqrt(tokens x width) added to the base's input embeddings of each forward."""
+        alpha = self.cfg.neftune_alpha
+
+        def add_noise(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            magnitude = min(1.0, alpha / (output.shape[1] * output.shape[2]) ** 0.5)
+            return output + torch.empty_like(output).uniform_(-magnitude, magnitude)
+
+        return self.base.get_input_embeddings().register_forward_hook(add_noise)
 
     @torch.no_grad()
     def validate(self) -> float:
