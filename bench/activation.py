@@ -10,7 +10,6 @@ then ``delete_adapter``). Target (issue 3): activation ≤ 1 ms on our 2-core CP
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from peft import PeftModel
 from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
-from bench.stats import summary
+from bench.stats import summary, write_json
 from hypernet.base import load_base
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
@@ -88,9 +87,7 @@ def main() -> None:
     met = result["slot_copy"]["p50"] <= TARGET_MS
     print(f"target: activation p50 <= {TARGET_MS} ms: {'met' if met else 'MISSED'}")
     result["target_ms"], result["meets_target"] = TARGET_MS, met
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

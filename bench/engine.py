@@ -13,14 +13,13 @@ distinct adapters at batch 8; busy TTFT ≤ 1.5x idle TTFT.
 import argparse
 import asyncio
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from bench.stats import summary
+from bench.stats import summary, write_json
 from hypernet.base import load_base
 from hypernet.chat import chat_ids
 from hypernet.checkpoint import default_checkpoint
@@ -190,9 +189,7 @@ def main() -> None:
     print(f"target: 8 adapters at batch 8 >= 0.92x base: {verdict} ({ratio:.2f})")
     verdict = "met" if t["ratio_p50"] <= 1.5 else "MISSED"
     print(f"target: busy TTFT <= 1.5x idle: {verdict} ({t['ratio_p50']:.2f})")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.stats import summary
+from bench.stats import summary, write_json
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
 from hypernet.settings import Settings
@@ -97,9 +97,7 @@ def main() -> None:
         print(f"{label:<34}{result[key]['p50']:>9.2f}{result[key]['p95']:>9.2f}{ratio:>15.2f}")
     verdict = "meets" if result["meets_target"] else "MISSES"
     print(f"target: new-description total p50 <= {TARGET_TOTAL_P50_MS:.0f} ms: {verdict}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

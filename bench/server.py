@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.stats import summary
+from bench.stats import summary, write_json
 from hypernet.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,9 +380,7 @@ def main() -> None:
     )
     paired = result["ttft_paired_diff"]
     print(f"TTFT new − base per interleaved pair: p50 {paired['p50']:+.2f} ms, p95 {paired['p95']:+.2f} ms")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The one summary every benchmark prints: median, 95th percentile, mean and count of its samples."""
 
+import json
 import statistics
+from pathlib import Path
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -11,3 +13,10 @@ def summary(samples: list[float]) -> dict[str, float]:
         "mean": statistics.fmean(samples),
         "n": len(samples),
     }
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    """The benchmark's numbers as JSON at ``path`` (its ``--json``), when one is given."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,7 +10,6 @@ the two compute one objective.
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.stats import summary
+from bench.stats import summary, write_json
 from hypernet.base import load_base
 from hypernet.checkpoint import default_checkpoint, load_checkpoint
 from hypernet.data.sni import IGNORE, Task, load_tasks
@@ -30,20 +29,14 @@ from hypernet.train.sft import Batch, SFTConfig, SFTTrainer
 def padded_full_logits_loss(trainer: SFTTrainer, batch: Batch) -> tuple[torch.Tensor, int]:
     """The baseline: every row of the step in one padded forward, logits at every position."""
     embeddings, groups = batch
-    owners, sequences = [], []
-    for owner, ids, mask, labels in groups:
-        for r in range(ids.shape[0]):
-            n = int(mask[r].sum())
-            owners.append(int(owner[r]))
-            sequences.append((ids[r, :n], labels[r, :n]))
-    longest = max(len(s) for s, _ in sequences)
-    ids = torch.full((len(sequences), longest), trainer.pad, dtype=torch.long)
-    labels = torch.full((len(sequences), longest), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for r, (tokens, targets) in enumerate(sequences):
-        ids[r, : len(tokens)], labels[r, : len(targets)], mask[r, : len(tokens)] = tokens, targets, 1
+    longest = max(ids.shape[1] for _, ids, _, _ in groups)
+
+    def padded(i: int, value: int) -> torch.Tensor:  # the groups are right padded: pad them further
+        return torch.cat([nn.functional.pad(g[i], (0, longest - g[i].shape[1]), value=value) for g in groups])
+
+    ids, mask, labels = padded(1, trainer.pad), padded(2, 0), padded(3, IGNORE)
+    owner = torch.cat([g[0] for g in groups])
     A_all, B_all = trainer.hypernet(embeddings)
-    owner = torch.tensor(owners)
     A = {m: a.index_select(0, owner) for m, a in A_all.items()}
     B = {m: b.index_select(0, owner) for m, b in B_all.items()}
     with trainer.layers.applied(A, B, trainer.config.hypernet.scaling):
@@ -117,9 +110,7 @@ def main() -> None:
         print(f"{name:<34}{s['p50']:>8.2f}{s['p95']:>8.2f}{s['p50'] / ref:>12.2f}")
     speedup = ref / result["ours"]["p50"]
     print(f"speed-up (baseline p50 / ours p50): {speedup:.2f}x on {result['threads']} threads")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":
