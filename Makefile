@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BASE := checkpoints/base/smollm2-135m-instruct/config.json
 UNTRAINED := checkpoints/untrained-smollm2-135m/config.json
 
-.PHONY: setup serve test lint bench clean-venv
+.PHONY: setup serve test lint bench train-gpu clean-venv
 
 setup: $(STAMP) $(BASE) $(UNTRAINED)
 
@@ -45,6 +45,10 @@ bench: setup
 	$(BIN)/python -m bench.activation --json bench/results/activation.json
 	$(BIN)/python -m bench.engine --json bench/results/engine.json
 	$(BIN)/python -m bench.train_step --json bench/results/train_step.json
+
+# On a CUDA machine: T2L and the multi-task LoRA on the same budget, both eval splits, results in $(OUT).
+train-gpu: setup
+	OUT=$(or $(OUT),runs/gpu) scripts/train_gpu.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -28,19 +28,26 @@ def model_card(config: CheckpointConfig, results: list[dict]) -> str:
         f"| hypernetwork | size {hyper.size} (latent {hyper.latent_size}, head input {hyper.head_in_size}) |",
         f"| adapters | rank {hyper.rank}, alpha {hyper.alpha:g}, rsLoRA {hyper.use_rslora}, "
         f"targets {', '.join(hyper.target_modules)} |",
-        f"| training | {training.get('status', 'unknown')}, {training.get('steps', '?')} steps, "
+        f"| training | {training.get('status', 'unknown')}, "
+        f"{training.get('total_steps', training.get('steps', '?'))} steps, "
+        f"{training.get('total_examples', training.get('examples', '?'))} examples, "
         f"{training.get('train_tasks', '?')} SNI training tasks |",
+        f"| model selection | {training.get('selected', 'last step')}, "
+        f"validation loss on {training.get('val_tasks', '?')} val tasks never trained on |",
         "",
         "## Training",
         "",
         "Supervised fine-tuning through the frozen base: each step samples tasks, one of each task's "
-        "paraphrased descriptions and a few of its examples; the loss is cross-entropy on response tokens.",
+        "paraphrased descriptions and a few of its examples; the loss is cross-entropy on response tokens. "
+        "Data protocol (../shared/data/sni/splits.json): the train tasks only, their first "
+        "`train_descriptions_per_task` descriptions, their instances minus the last `test_instances`; "
+        "the val tasks give the validation loss; the eval tasks are used only for the final table.",
         "",
         "| setting | value |",
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in settings.items()),
         f"| last training loss | {training.get('last_loss', float('nan')):.4f} |",
-        f"| held-out validation loss | {training.get('val_loss', float('nan')):.4f} |",
+        f"| validation loss (val tasks) | {training.get('val_loss', float('nan')):.4f} |",
         "",
         "Reproduce:",
         "",

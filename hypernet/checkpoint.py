@@ -46,6 +46,11 @@ class CheckpointConfig(BaseModel):
     def status(self) -> str:
         return str(self.training.get("status", "unknown"))
 
+    @property
+    def trained(self) -> bool:
+        """Whether the weights came out of training (SFT or reconstruction), not out of ``t2l init``."""
+        return self.status not in ("untrained", "unknown")
+
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")

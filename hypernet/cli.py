@@ -105,6 +105,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
     from hypernet.card import model_card
     from hypernet.checkpoint import load_checkpoint, save_checkpoint
 
+    if (args.source / "adapter_config.json").is_file():
+        _export_baseline(args, settings)
+        return
     model, config = load_checkpoint(args.source)
     results = []
     for file in args.result or []:
@@ -116,6 +119,28 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
     (args.output / "README.md").write_text(model_card(config, results))
     size = (args.output / "model.safetensors").stat().st_size / 2**20
     print(f"checkpoint: {args.output.resolve()} ({config.id}, {config.status}, {args.dtype}, {size:.1f} MiB)")
+
+
+def _export_baseline(args: argparse.Namespace, settings: Settings) -> None:
+    """A LoRA baseline's PEFT folder in ``--dtype``, its training provenance kept beside it."""
+    import shutil
+
+    import torch
+
+    from hypernet.checkpoint import default_checkpoint, read_config
+    from hypernet.train.lora_baseline import export_peft, load_fixed
+
+    config = read_config(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
+    model, training = load_fixed(args.source, config.base, config.hypernet.rank)
+    training = training or {"status": "lora baseline"}
+    staging = args.output.with_name(args.output.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    export_peft(model, config.model_copy(update={"training": training}), staging, getattr(torch, args.dtype))
+    shutil.rmtree(args.output, ignore_errors=True)
+    (staging / "adapter").rename(args.output)
+    shutil.rmtree(staging)
+    size = (args.output / "adapter_model.safetensors").stat().st_size / 2**20
+    print(f"adapter: {args.output.resolve()} ({training.get('status')}, {args.dtype}, {size:.1f} MiB)")
 
 
 def cmd_import_official(args: argparse.Namespace, settings: Settings) -> None:
@@ -167,8 +192,14 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     p.add_argument("path", type=Path)
     p.set_defaults(run=cmd_info)
 
-    p = sub.add_parser("export", help="a trained checkpoint to ship: compact weights and a model card")
-    p.add_argument("source", type=Path, help="checkpoint folder (a training run's OUT/checkpoint)")
+    p = sub.add_parser(
+        "export", help="a trained checkpoint (or LoRA baseline) to ship: compact weights and a model card"
+    )
+    p.add_argument(
+        "source",
+        type=Path,
+        help="a run's OUT/checkpoint (or OUT/best/checkpoint), or a LoRA baseline's PEFT folder",
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--result", type=Path, action="append", help="an eval result.json for the card")

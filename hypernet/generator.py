@@ -59,6 +59,7 @@ class AdapterGenerator:
             metadata = {
                 "checkpoint": self.config.id,
                 "checkpoint_status": self.config.status,
+                "checkpoint_trained": str(self.config.trained).lower(),
                 "base_fingerprint": self.config.base.fingerprint,
                 "embedder": self.embedder.name,
                 "description_truncated": str(truncated).lower(),

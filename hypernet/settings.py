@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(None, description="hypernetwork checkpoint folder; unset = the default")
     checkpoints_dir: Path = Field(REPO_ROOT / "checkpoints", description="home of shipped and local models")
     data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="SNI tasks and benchmarks")
+    cache_dir: Path = Field(
+        REPO_ROOT / ".cache" / "t2l", description="vectors of training descriptions, kept across runs"
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     trust_remote_code: bool = Field(
         False, description="let embedders run their own code (gte-large needs it)"

@@ -41,7 +41,15 @@ class Service:
         )
         config = self.generator.config
         self.checkpoint = config
-        if config.status == "untrained":
+        if config.trained:
+            log.info(
+                "checkpoint %s (%s) is trained (%s, %s steps)",
+                path,
+                config.id,
+                config.status,
+                config.training.get("total_steps", config.training.get("steps", "?")),
+            )
+        else:
             log.warning(
                 "checkpoint %s (%s) is UNTRAINED: every adapter it makes is the identity (B = 0) "
                 "and answers equal the base model's",

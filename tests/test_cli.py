@@ -139,3 +139,30 @@ def test_export_writes_half_precision_weights_and_a_model_card(capsys, tiny_chec
     assert "| task_a | 10.0 | 30.0 |" in card and "t2l eval sni --out results/sni" in card
     code, _, err = run(capsys, "export", tiny_checkpoint, "-o", out, "--result", tmp_path / "missing.json")
     assert code == 2 and "no evaluation result" in err
+
+
+def test_export_of_a_lora_baseline_keeps_its_provenance_in_half_precision(
+    capsys, monkeypatch, tiny_checkpoint, tmp_path
+):
+    import torch
+
+    from hypernet.checkpoint import load_checkpoint
+    from hypernet.train.lora_baseline import FixedLoRA, export_peft, load_fixed
+
+    monkeypatch.setenv("T2L_CHECKPOINT", str(tiny_checkpoint))
+    _, config = load_checkpoint(tiny_checkpoint)
+    trained = FixedLoRA(config.base, config.hypernet.rank)
+    with torch.no_grad():
+        for b in trained.B.values():
+            b.normal_()
+    training = {"status": "multi-task-lora", "steps": 7, "total_steps": 7}
+    export_peft(trained, config.model_copy(update={"training": training}), tmp_path / "run")
+    out = tmp_path / "baseline"
+    code, stdout, err = run(capsys, "export", tmp_path / "run" / "adapter", "-o", out)
+    assert code == 0 and "multi-task-lora" in stdout, err
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    assert weights and all(t.dtype == torch.float16 for t in weights.values())
+    back, provenance = load_fixed(out, config.base, config.hypernet.rank)
+    assert provenance == training
+    for m, b in trained.B.items():
+        assert torch.allclose(back.B[m], b, atol=1e-2) and back.B[m].dtype == torch.float32

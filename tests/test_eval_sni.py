@@ -31,7 +31,7 @@ def test_harness_end_to_end(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_
     model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
     generator = AdapterGenerator.load(tiny_chat_checkpoint, embedder=embedder)
     cfg = EvalConfig(examples=3, descriptions=2, max_new_tokens=4, batch_size=2)
-    result = evaluate_sni(model, tokenizer, generator, toy_tasks()[:2], CONDITIONS, cfg)
+    result = evaluate_sni(model, tokenizer, generator, toy_tasks()[:2], CONDITIONS, cfg, others=toy_tasks())
     assert list(result["tasks"]) == ["upper", "reverse"] and result["conditions"] == list(CONDITIONS)
     for scores in result["tasks"].values():
         for condition in CONDITIONS:
@@ -44,9 +44,9 @@ def test_harness_end_to_end(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_
     write_report(result, tmp_path)
     assert json.loads((tmp_path / "result.json").read_text())["average"] == result["average"]
     table = markdown_table(result)
-    assert table.splitlines()[0] == "| task | base | base+description | t2l | t2l-garbage |"
+    assert table.splitlines()[0] == "| task | base | base+description | t2l | t2l-garbage | t2l-shuffled |"
     assert "| **average** |" in table and (tmp_path / "result.png").stat().st_size > 0
-    assert set(result["paired"]) == {"t2l - base", "t2l - base+description", "t2l - t2l-garbage"}
+    assert set(result["paired"]) == {f"t2l - {c}" for c in CONDITIONS if c != "t2l"}
     gap = result["average"]["t2l"]["rougeL"] - result["average"]["base"]["rougeL"]
     assert result["paired"]["t2l - base"]["difference"] == pytest.approx(gap)
     assert "## paired differences" in (tmp_path / "result.md").read_text()
@@ -84,3 +84,45 @@ def test_paired_difference_by_hand():
     assert one["ci95"][0] == pytest.approx(0.0) and one["ci95"][1] == pytest.approx(50.0)
     with pytest.raises(ValueError):
         paired_difference({"x": [1.0]}, {"x": [1.0, 2.0]})
+
+
+def test_shuffled_rows_take_another_tasks_description(tiny_chat_base, tiny_chat_checkpoint, embedder):
+    from hypernet.errors import T2LError
+
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    generator = AdapterGenerator.load(tiny_chat_checkpoint, embedder=embedder)
+    cfg = EvalConfig(examples=4, descriptions=2, max_new_tokens=2, batch_size=3)
+    tasks = toy_tasks()
+    result = evaluate_sni(model, tokenizer, generator, tasks, ("t2l", "t2l-shuffled"), cfg, others=tasks)
+    owner = {d: t.name for t in tasks for d in t.descriptions}
+    for task in tasks:
+        own = result["tasks"][task.name]["t2l"]["descriptions"]
+        shuffled = result["tasks"][task.name]["t2l-shuffled"]["descriptions"]
+        assert {owner[d] for d in own} == {task.name} and len(shuffled) == 4
+        assert all(owner[d] != task.name for d in shuffled)
+    again = evaluate_sni(model, tokenizer, generator, tasks, ("t2l-shuffled",), cfg, others=tasks)
+    assert again["tasks"]["upper"]["t2l-shuffled"] == result["tasks"]["upper"]["t2l-shuffled"]
+    with pytest.raises(T2LError, match="t2l-shuffled needs"):
+        evaluate_sni(model, tokenizer, generator, tasks, ("t2l-shuffled",), cfg)
+
+
+def test_rows_batched_across_tasks_answer_as_one_at_a_time(tiny_chat_base, tiny_chat_checkpoint, embedder):
+    """Batching every task's rows together by length changes no answer (greedy, per-row adapters)."""
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    generator = AdapterGenerator.load(tiny_chat_checkpoint, embedder=embedder)
+    tasks = toy_tasks()
+    runs = [
+        evaluate_sni(
+            model,
+            tokenizer,
+            generator,
+            tasks,
+            ("base", "t2l"),
+            EvalConfig(examples=3, descriptions=2, max_new_tokens=4, batch_size=size),
+        )
+        for size in (9, 1)
+    ]
+    for task in tasks:
+        for condition in ("base", "t2l"):
+            together, alone = (r["tasks"][task.name][condition]["predictions"] for r in runs)
+            assert together == alone

@@ -36,6 +36,7 @@ def test_adapter_round_trip(server):
     assert first["timings_ms"]["embed"] > 0 and first["timings_ms"]["hypernet"] > 0
     assert first["rank"] == 4 and first["target_modules"] == ["q_proj", "v_proj"]
     assert first["checkpoint_status"] == "untrained" and first["base_model"] == server.service.base_name
+    assert first["checkpoint_trained"] is False
     again = httpx.post(
         url, json={"description": "  Answer grade-school math word problems,   show the steps"}
     )
@@ -132,6 +133,7 @@ def test_openai_client_chat_stream_and_models(server):
     models = {m.id: m for m in client.models.list().data}
     assert models[base].model_extra["parent"] is None
     assert models[base].model_extra["checkpoint_status"] == "untrained"
+    assert models[base].model_extra["checkpoint_trained"] is False
     assert models[adapter_id].model_extra["parent"] == base
 
 

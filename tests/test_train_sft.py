@@ -1,5 +1,6 @@
 """SFT of the hypernetwork through a frozen tiny base: the loss falls, and a resumed run is exact."""
 
+import json
 import random
 import shutil
 
@@ -8,7 +9,7 @@ import torch
 
 from hypernet.base import load_base
 from hypernet.checkpoint import load_checkpoint
-from hypernet.data.sni import IGNORE, Task, encode_example, load_tasks
+from hypernet.data.sni import IGNORE, Task, encode_example
 from hypernet.train.plot import plot_losses
 from hypernet.train.sft import SFTConfig, SFTTrainer
 from tests.conftest import CHECKPOINTS
@@ -86,16 +87,69 @@ def test_resume_gives_the_same_next_step_loss(tiny_chat_base, tiny_chat_checkpoi
     assert again == pytest.approx(uninterrupted, abs=1e-6)
 
 
-def test_the_shared_sni_data_loads(tmp_path):
-    from hypernet.settings import Settings
+def test_the_best_validation_weights_are_exported(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    trainer = make_trainer(
+        tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path, steps=6, lr=1e-2, val_every=2
+    )
+    trainer.run()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in logged if "val_loss" in r and r["step"] > 0]
+    best = min(vals, key=lambda r: r["val_loss"])
+    _, config = load_checkpoint(tmp_path / "best" / "checkpoint")
+    assert config.training["steps"] == best["step"]
+    assert config.training["val_loss"] == pytest.approx(best["val_loss"])
+    assert trainer.best_val == pytest.approx(best["val_loss"])
 
-    data_dir = Settings().data_dir
-    if not (data_dir / "sni" / "splits.json").is_file():
-        pytest.skip(f"no SNI data at {data_dir}")
-    train, held_out = load_tasks(data_dir, "train"), load_tasks(data_dir, "eval")
-    assert len(train) > 100 and len(held_out) > 5
-    assert not {t.name for t in train} & {t.name for t in held_out}
-    assert all(len(t.descriptions) > 100 and t.instances for t in train)
+
+def test_a_run_from_trained_weights_adds_up_its_provenance(
+    tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path
+):
+    earlier = {"status": "sft", "steps": 40, "total_steps": 40, "examples": 320, "total_examples": 320}
+    trainer = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path, steps=2)
+    trainer.continues = earlier
+    trainer.run()
+    _, config = load_checkpoint(tmp_path / "state" / "checkpoint")
+    training = config.training
+    assert training["steps"] == 2 and training["examples"] == 2 * 3 * 2
+    assert training["total_steps"] == 42 and training["total_examples"] == 320 + 12
+    assert training["continues"] == earlier
+
+
+def test_description_vectors_outlive_the_run(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path):
+    """A second trainer on the same cache embeds nothing; the vectors equal the embedder's own."""
+    from hypernet.vector_cache import VectorCache
+
+    cache = tmp_path / "cache" / "vectors.sqlite"
+    texts = ["Uppercase the given word.", "Spell the word backwards."]
+    first = VectorCache(cache, embedder).vectors(texts)
+    assert torch.allclose(first, embedder.embed(texts).vectors.cpu(), atol=1e-5)
+
+    class Refuses:
+        name, pooling, dim = embedder.name, embedder.pooling, embedder.dim
+
+        def embed(self, texts):
+            raise AssertionError(f"embedded again: {texts}")
+
+    again = VectorCache(cache, Refuses()).vectors([texts[1], texts[0], texts[1]])  # type: ignore[arg-type]
+    assert torch.equal(again, first[[1, 0, 1]])
+    other = VectorCache(cache, embedder)
+    other.prefix = "another-embedder|model|384|"  # another embedder's vectors are keyed apart
+    assert other._key(texts[0]) != VectorCache(cache, embedder)._key(texts[0])
+
+
+def test_a_fixed_lora_draws_the_same_batches_without_embedding(
+    tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path
+):
+    from hypernet.train.lora_baseline import FixedLoRA
+
+    t2l = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path / "a")
+    lora = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path / "b")
+    lora.hypernet = FixedLoRA(lora.config.base, lora.config.hypernet.rank)
+    lora.reads_descriptions = False
+    for _ in range(3):
+        (emb_t2l, groups_t2l), (emb_lora, groups_lora) = t2l.sample(), lora.sample()
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(groups_t2l, groups_lora, strict=True))
+        assert emb_t2l.abs().sum() > 0 and emb_lora.abs().sum() == 0
 
 
 def test_multi_task_lora_baseline_trains_on_the_same_loop_and_exports_peft(
@@ -180,7 +234,7 @@ def test_loss_on_kept_positions_equals_the_full_vocabulary_loss(
     trainer.hypernet.eval()
     tasks = toy_tasks()
     pairs = [[tasks[0].instances[0], tasks[0].instances[1]], [{"input": "a " * 150, "output": "long"}]]
-    embeddings = [trainer.train_emb[0][0], trainer.train_emb[1][0]]
+    embeddings = trainer._embed([tasks[0].descriptions[0], tasks[1].descriptions[0]])
     batch = trainer._collate(embeddings, pairs)
     assert [len(rows[0]) for rows in batch[1]] == [2, 1]  # the long row gets a forward of its own
     summed, count = trainer.loss(batch)

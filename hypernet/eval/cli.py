@@ -10,10 +10,12 @@ from hypernet.adapter import LoraAdapter
 from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
 from hypernet.data.choice import KNOWN, benchmark_descriptions, load_questions
-from hypernet.data.sni import load_tasks
+from hypernet.data.sni import load_tasks, sample_tasks
 from hypernet.errors import T2LError
+from hypernet.eval.choice import CONDITIONS as CHOICE
 from hypernet.eval.choice import evaluate_choice
 from hypernet.eval.generative import BENCHMARKS, evaluate_generative, load_problems
+from hypernet.eval.generative import CONDITIONS as GENERATIVE
 from hypernet.eval.report import markdown_table, paired_lines, write_report
 from hypernet.eval.sni import CONDITIONS, EvalConfig, evaluate_sni
 from hypernet.generator import AdapterGenerator
@@ -54,12 +56,16 @@ def _report(result: dict, args: argparse.Namespace) -> None:
 
 def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
     generator, model, tokenizer = _models(args, settings)
-    tasks = load_tasks(settings.data_dir, args.split)
-    if args.tasks:
-        tasks = tasks[: args.tasks]
+    # val and train-test are the test views: held-back instances under unseen paraphrases
+    split = {"val": "val-test"}.get(args.split, args.split)
+    tasks = sample_tasks(load_tasks(settings.data_dir, split), args.tasks, args.seed)
     cfg = EvalConfig(args.examples, args.descriptions, args.max_new_tokens, args.batch_size, args.seed)
     fixed = _fixed_adapters(args, generator)
-    result = evaluate_sni(model, tokenizer, generator, tasks, tuple(args.conditions), cfg, fixed)
+    # t2l-shuffled draws from the training tasks' unseen paraphrases, like t2l's own descriptions
+    others = load_tasks(settings.data_dir, "train-test") if "t2l-shuffled" in args.conditions else []
+    result = evaluate_sni(
+        model, tokenizer, generator, tasks, tuple(args.conditions), cfg, fixed, others, args.split
+    )
     _report(result, args)
 
 
@@ -67,14 +73,20 @@ def add_eval(sub: Any) -> None:
     evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(
         dest="benchmark", required=True
     )
-    p = evals.add_parser("sni", help="held-out SNI tasks: ROUGE-L and exact match under each condition")
+    p = evals.add_parser("sni", help="SNI tasks: ROUGE-L and exact match under each condition")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--split", default="eval", choices=["eval", "train"])
+    p.add_argument(
+        "--split",
+        default="eval",
+        choices=["eval", "train-test", "val"],
+        help="eval: the held-out tasks; train-test / val: the train / val tasks' held-back instances "
+        "under unseen paraphrases",
+    )
     p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
-    p.add_argument("--examples", type=int, default=10, help="examples per task")
+    p.add_argument("--examples", type=int, default=30, help="examples per task (at most what it has)")
     p.add_argument("--descriptions", type=int, default=3, help="descriptions per task for t2l")
-    p.add_argument("--tasks", type=int, help="only the first N tasks")
+    p.add_argument("--tasks", type=int, help="a fixed sample of N tasks (seeded by --seed)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -87,7 +99,7 @@ def add_eval(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    p.add_argument("--conditions", nargs="+", default=list(CHOICE), choices=CHOICE)
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--descriptions", type=int, default=3, help="how many of T2L's descriptions to use")
     p.add_argument("--description", action="append", help="a task description to use (repeatable)")
@@ -98,7 +110,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("benchmark", choices=BENCHMARKS)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    p.add_argument("--conditions", nargs="+", default=list(GENERATIVE), choices=GENERATIVE)
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--descriptions", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=384)

@@ -16,7 +16,7 @@ from hypernet.embed import Embedder
 from hypernet.errors import T2LError
 from hypernet.settings import Settings
 from hypernet.train.loop import LoopConfig
-from hypernet.train.lora_baseline import FixedLoRA, export_peft
+from hypernet.train.lora_baseline import FixedLoRA, export_peft, load_fixed
 from hypernet.train.plot import plot_losses
 from hypernet.train.recon import ReconConfig, ReconTrainer, load_library, with_output_scale
 from hypernet.train.sft import SFTConfig, SFTTrainer
@@ -50,28 +50,44 @@ def _trainer(args: argparse.Namespace, settings: Settings, lora: bool) -> SFTTra
     embedder = Embedder(
         config.embedder.name, config.embedder.pooling, device, trust_remote_code=settings.trust_remote_code
     )
-    train, held_out = load_tasks(settings.data_dir, "train"), load_tasks(settings.data_dir, "eval")
+    # the protocol: train tasks (first descriptions, test instances held back); val tasks select models
+    train, val = load_tasks(settings.data_dir, "train"), load_tasks(settings.data_dir, "val")
     if lora and args.task:  # an oracle LoRA: one task, validated on its own examples
-        chosen = [t for t in train + held_out if t.name == args.task]
+        everything = train + val + load_tasks(settings.data_dir, "eval")
+        chosen = [t for t in everything if t.name == args.task]
         if not chosen:
             raise T2LError(f"no SNI task named {args.task!r} in {settings.data_dir / 'sni'}")
-        train = held_out = chosen
+        train = val = chosen
     fields = {k: v for k, v in vars(args).items() if k in SFTConfig.model_fields and v is not None}
-    model = FixedLoRA(config.base, config.hypernet.rank).to(device) if lora else hypernet
+    if lora and args.from_adapter:
+        model, continues = load_fixed(args.from_adapter, config.base, config.hypernet.rank)
+    elif lora:
+        model, continues = FixedLoRA(config.base, config.hypernet.rank), None
+    else:
+        model, continues = hypernet, _earlier_training(config.training, start == resumed)
     status = ("oracle-lora" if args.task else "multi-task-lora") if lora else "sft"
     return SFTTrainer(
         base,
         tokenizer,
-        model,
+        model.to(device),
         config,
         embedder,
         train,
-        held_out,
+        val,
         SFTConfig(**fields),
         out,
         export_peft if lora else None,
         status,
+        vector_cache=settings.cache_dir / "vectors.sqlite",
+        continues=continues,
     )
+
+
+def _earlier_training(training: dict, resumed: bool) -> dict | None:
+    """The provenance a run adds up with: its own start's when resumed, else its trained starting point's."""
+    if resumed:
+        return training.get("continues")
+    return training if training.get("status") == "sft" else None
 
 
 def _run(trainer: SFTTrainer, result: str) -> None:
@@ -102,7 +118,10 @@ def cmd_train_recon(args: argparse.Namespace, settings: Settings) -> None:
     embedder = Embedder(
         config.embedder.name, config.embedder.pooling, device, trust_remote_code=settings.trust_remote_code
     )
-    _run(ReconTrainer(hypernet.to(device), config, embedder, tasks, library, cfg, out), "checkpoint")
+    trainer = ReconTrainer(
+        hypernet.to(device), config, embedder, tasks, library, cfg, out, settings.cache_dir / "vectors.sqlite"
+    )
+    _run(trainer, "checkpoint")
 
 
 def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
@@ -136,6 +155,9 @@ def add_train(sub: Any) -> None:
     )
     _options(p, SFTConfig)
     p.add_argument("--task", help="train an oracle LoRA on this one SNI task")
+    p.add_argument(
+        "--from-adapter", type=Path, help="go on training this baseline (a PEFT folder; fresh optimizer)"
+    )
     p.set_defaults(run=cmd_train_lora)
     p = train.add_parser("recon", help="reconstruct a library of task LoRAs from their descriptions")
     _options(p, ReconConfig)

@@ -24,8 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hypernet.checkpoint import CheckpointConfig, now, save_checkpoint
-from hypernet.data.sni import Task
-from hypernet.embed import Embedder
 from hypernet.errors import T2LError
 
 Exporter = Callable[[nn.Module, CheckpointConfig, Path], None]
@@ -73,6 +71,7 @@ class Trainer:
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.step = 0
+        self.best_val = math.inf  # the lowest validation loss so far; its weights are exported to out/best
 
     # ---- what a trainer defines
 
@@ -100,34 +99,6 @@ class Trainer:
         progress = (step - self.cfg.warmup_steps) / max(1, self.cfg.steps - self.cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    def _embeddings(self, embedder: Embedder, tasks: list[Task], name: str) -> list[torch.Tensor]:
-        """Every description of every task, embedded once and cached beside the run."""
-        cache = self.out / f"embeddings-{name}.safetensors"
-        texts = [d for task in tasks for d in task.descriptions]
-        key = f"{embedder.name}|{embedder.pooling}|{len(texts)}"
-        if self.world > 1 and self.rank > 0:  # the first process embeds and writes; the others read
-            dist.barrier()
-            return list(load_file(str(cache))["vectors"].split([len(t.descriptions) for t in tasks]))
-        vectors = self._embed_or_read(embedder, cache, key, texts, tasks)
-        if self.world > 1:
-            dist.barrier()
-        return vectors
-
-    def _embed_or_read(
-        self, embedder: Embedder, cache: Path, key: str, texts: list[str], tasks: list[Task]
-    ) -> list[torch.Tensor]:
-        if cache.is_file():
-            stored = load_file(str(cache))
-            if stored.get("key") is not None and bytes(stored["key"].tolist()).decode() == key:
-                flat = stored["vectors"]
-                return list(flat.split([len(t.descriptions) for t in tasks]))
-        flat = torch.cat(
-            [embedder.embed(texts[i : i + 256]).vectors.cpu() for i in range(0, len(texts), 256)]
-        )
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": flat, "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, str(cache))
-        return list(flat.split([len(t.descriptions) for t in tasks]))
-
     def train_step(self) -> tuple[float, int]:
         """One optimizer step. Under DDP each process takes its share of the same global batch, and the
         loss is normalised by the global token count, so the update equals a single process's."""
@@ -151,12 +122,9 @@ class Trainer:
 
     # ---- exact resume
 
-    def save(self, extra: dict) -> None:
-        state = self.out / "state"
-        tmp = self.out / "state.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        training = {
+    def _training(self, extra: dict) -> dict:
+        """The provenance an exported result carries: status, steps, settings, command, losses."""
+        return {
             "status": self.status,
             "steps": self.step,
             "settings": self.cfg.model_dump(),
@@ -165,6 +133,24 @@ class Trainer:
             "updated": now(),
             **extra,
         }
+
+    def _export_best(self, val_loss: float) -> None:
+        """Export the weights of a new lowest validation loss to ``out/best`` (model selection)."""
+        self.best_val = val_loss
+        tmp, best = self.out / "best.tmp", self.out / "best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        training = self._training({"val_loss": val_loss, "selected": "lowest validation loss"})
+        self.export(self.hypernet, self.config.model_copy(update={"training": training}), tmp)
+        shutil.rmtree(best, ignore_errors=True)
+        tmp.rename(best)
+
+    def save(self, extra: dict) -> None:
+        state = self.out / "state"
+        tmp = self.out / "state.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        training = self._training(extra)
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in self.hypernet.state_dict().items()},
             str(tmp / "weights.safetensors"),
@@ -178,7 +164,8 @@ class Trainer:
             },
             tmp / "trainer.pt",
         )
-        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "rng": self.rng.getstate()}))
+        meta = {"step": self.step, "rng": self.rng.getstate(), "best_val": self.best_val}
+        (tmp / "trainer.json").write_text(json.dumps(meta))
         if state.exists():  # swap in the new state, then drop the old one: a crash leaves one intact
             old = self.out / "state.old"
             state.rename(old)
@@ -202,12 +189,14 @@ class Trainer:
         torch.set_rng_state(saved["torch_rng"])
         meta = json.loads((state / "trainer.json").read_text())
         self.step = meta["step"]
+        self.best_val = meta.get("best_val", math.inf)
         version, internal, gauss = meta["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         return True
 
     def run(self, log: Path | None = None) -> dict:
         """Train to ``cfg.steps``, logging JSON lines, validating and checkpointing on schedule."""
+        self.out.mkdir(parents=True, exist_ok=True)
         log = log or self.out / "metrics.jsonl"
         last: dict = {}
         if self.step == 0 and self.rank == 0:  # the curve's start: an untrained hypernetwork is the base
@@ -232,6 +221,8 @@ class Trainer:
                 continue  # one process validates, logs and saves
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 last["val_loss"] = self.validate()
+                if last["val_loss"] < self.best_val:
+                    self._export_best(last["val_loss"])
             with log.open("a") as f:
                 f.write(json.dumps(last) + "\n")
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")

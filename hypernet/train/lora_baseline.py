@@ -6,6 +6,7 @@ in place of the hypernetwork trains it with the same data, steps, optimizer and 
 comparison with T2L differs in one thing only. The result is exported as a standard PEFT folder.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from torch import nn
 from hypernet.adapter import LoraAdapter
 from hypernet.base import BaseSpec
 from hypernet.checkpoint import CheckpointConfig
+from hypernet.errors import T2LError
 
 
 class FixedLoRA(nn.Module):
     """One trainable LoRA, returned for every row whatever the description (LoRA's initialisation)."""
+
+    reads_descriptions = False  # the trainer feeds it zeros instead of embedding descriptions
 
     def __init__(self, base: BaseSpec, rank: int):
         super().__init__()
@@ -39,12 +43,31 @@ class FixedLoRA(nn.Module):
         )
 
 
-def export_peft(model: nn.Module, config: CheckpointConfig, state: Path) -> None:
-    """The trained LoRA as a PEFT folder, its provenance in the model card."""
+TRAINING_FILE = "training.json"  # the baseline's provenance beside its PEFT files, read when it continues
+
+
+def load_fixed(folder: Path, base: BaseSpec, rank: int) -> tuple[FixedLoRA, dict]:
+    """A baseline to go on training: the PEFT folder's A and B (cast to float32) and its provenance."""
+    adapter = LoraAdapter.from_peft(folder, base)
+    if adapter.rank != rank:
+        raise T2LError(f"{folder} has rank {adapter.rank}, the checkpoint's adapters rank {rank}")
+    model = FixedLoRA(base, rank)
+    with torch.no_grad():
+        for m in model.A:
+            model.A[m].copy_(adapter.A[m].float())
+            model.B[m].copy_(adapter.B[m].float())
+    provenance = folder / TRAINING_FILE
+    return model, json.loads(provenance.read_text()) if provenance.is_file() else {}
+
+
+def export_peft(
+    model: nn.Module, config: CheckpointConfig, state: Path, dtype: torch.dtype | None = None
+) -> None:
+    """The trained LoRA as a PEFT folder (in ``dtype`` when given), its provenance in the model card."""
     hyper = config.hypernet
     adapter = LoraAdapter(
-        A={m: a.detach().cpu() for m, a in model.A.items()},
-        B={m: b.detach().cpu() for m, b in model.B.items()},
+        A={m: a.detach().to(dtype or a.dtype).cpu() for m, a in model.A.items()},
+        B={m: b.detach().to(dtype or b.dtype).cpu() for m, b in model.B.items()},
         rank=hyper.rank,
         alpha=hyper.alpha,
         use_rslora=hyper.use_rslora,
@@ -53,3 +76,4 @@ def export_peft(model: nn.Module, config: CheckpointConfig, state: Path) -> None
         metadata={k: str(v) for k, v in config.training.items() if k != "sft"},
     )
     adapter.save_peft(state / "adapter")
+    (state / "adapter" / TRAINING_FILE).write_text(json.dumps(config.training, indent=2, default=str) + "\n")

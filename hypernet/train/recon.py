@@ -20,6 +20,7 @@ from hypernet.embed import Embedder
 from hypernet.errors import T2LError
 from hypernet.model import HyperLoRA
 from hypernet.train.loop import LoopConfig, Trainer
+from hypernet.vector_cache import VectorCache
 
 
 class ReconConfig(LoopConfig):
@@ -62,6 +63,7 @@ class ReconTrainer(Trainer):
         library: list[LoraAdapter],
         cfg: ReconConfig,
         out: Path,
+        vector_cache: Path | None = None,
     ):
         if cfg.z_score and not hypernet.config.output_scale:
             raise T2LError(
@@ -83,7 +85,8 @@ class ReconTrainer(Trainer):
                         self.spread[ab][m] = t.std(0, unbiased=False).clamp_min(1e-6)
                         getattr(hypernet, f"scale_{ab}_{m}").copy_(self.spread[ab][m])
                         getattr(hypernet, f"shift_{ab}_{m}").copy_(t.mean(0))
-        self.emb = self._embeddings(embedder, tasks, "recon")
+        cache = VectorCache(vector_cache or out / "vectors.sqlite", embedder)
+        self.emb = [cache.vectors(t.descriptions) for t in tasks]
         self.held_out = [max(1, len(t.descriptions) // 10) for t in tasks]
 
     def provenance(self) -> dict:

@@ -20,6 +20,7 @@ from hypernet.data.sni import IGNORE, Task, encode_example
 from hypernet.embed import Embedder
 from hypernet.lora import LoraLayers
 from hypernet.train.loop import Exporter, LoopConfig, Trainer
+from hypernet.vector_cache import VectorCache
 
 
 class SFTConfig(LoopConfig):
@@ -75,19 +76,39 @@ class SFTTrainer(Trainer):
         out: Path,
         export: Exporter | None = None,
         status: str = "sft",
+        vector_cache: Path | None = None,
+        continues: dict | None = None,
     ):
         super().__init__(hypernet, config, cfg, out, export, status)
+        self.continues = continues
         self.cfg: SFTConfig = cfg
         self.base, self.tokenizer = base, tokenizer
         self.train_tasks, self.val_tasks = train_tasks, val_tasks
         self.device = next(base.parameters()).device
         self.layers = LoraLayers(base, config.base)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.train_emb = self._embeddings(embedder, train_tasks, "train")
-        self.val_emb = self._embeddings(embedder, val_tasks, "val")
+        # a fixed LoRA ignores the description: it draws the same batches without paying for embeddings
+        self.reads_descriptions = getattr(hypernet, "reads_descriptions", True)
+        self.vectors = VectorCache(vector_cache or out / "vectors.sqlite", embedder)
+        self.embed_dim = embedder.dim
 
     def provenance(self) -> dict:
-        return {"train_tasks": len(self.train_tasks)}
+        """This run's data and budget; a run started from trained weights adds up with the earlier ones."""
+        examples = self.step * self.cfg.tasks_per_step * self.cfg.examples_per_task * self.cfg.grad_accum
+        earlier = self.continues or {}
+        return {
+            "train_tasks": len(self.train_tasks),
+            "val_tasks": len(self.val_tasks),
+            "examples": examples,
+            "total_steps": int(earlier.get("total_steps", earlier.get("steps", 0))) + self.step,
+            "total_examples": int(earlier.get("total_examples", earlier.get("examples", 0))) + examples,
+            **({"continues": earlier} if earlier else {}),
+        }
+
+    def _embed(self, texts: list[str]) -> list[torch.Tensor]:
+        if not self.reads_descriptions:
+            return list(torch.zeros(len(texts), self.embed_dim))
+        return list(self.vectors.vectors(texts))
 
     def _collate(self, embeddings: list[torch.Tensor], pairs: list[list[dict[str, str]]]) -> Batch:
         encoded = [
@@ -115,15 +136,15 @@ class SFTTrainer(Trainer):
         """Tasks, one random description each, and a few of each task's examples."""
         cfg, rng = self.cfg, self.rng
         chosen = rng.sample(range(len(self.train_tasks)), min(cfg.tasks_per_step, len(self.train_tasks)))
-        embeddings, pairs = [], []
+        texts, pairs = [], []
         for i, t in enumerate(chosen):  # every process draws the whole global batch, then keeps its share
             task = self.train_tasks[t]
-            embedding = self.train_emb[t][rng.randrange(len(task.descriptions))]
+            description = task.descriptions[rng.randrange(len(task.descriptions))]
             examples = rng.sample(task.instances, min(cfg.examples_per_task, len(task.instances)))
             if i % self.world == self.rank:
-                embeddings.append(embedding)
+                texts.append(description)
                 pairs.append(examples)
-        return self._collate(embeddings, pairs)
+        return self._collate(self._embed(texts), pairs)
 
     def loss(self, batch: Batch, model: nn.Module | None = None) -> tuple[torch.Tensor, int]:
         """Summed response-token cross-entropy and its token count, each row under its task's adapter.
@@ -179,13 +200,13 @@ class SFTTrainer(Trainer):
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Loss on the held-out tasks, from descriptions and examples fixed for the whole run."""
+        """Loss on the validation tasks (never trained on); descriptions and examples fixed for the run."""
         self.hypernet.eval()
         rng = random.Random(self.cfg.seed + 1)
         losses = []
-        for t, task in enumerate(self.val_tasks):
-            embedding = self.val_emb[t][rng.randrange(len(task.descriptions))]
+        for task in self.val_tasks:
+            description = task.descriptions[rng.randrange(len(task.descriptions))]
             examples = rng.sample(task.instances, min(self.cfg.val_examples, len(task.instances)))
-            summed, count = self.loss(self._collate([embedding], [examples]))
+            summed, count = self.loss(self._collate(self._embed([description]), [examples]))
             losses.append(summed.item() / count)
         return sum(losses) / len(losses) if losses else float("nan")

@@ -29,6 +29,7 @@ def adapter_object(svc: Service, record: Record, cached: Tier, timings: dict | N
         base_model=svc.base_name,
         checkpoint=svc.checkpoint.id,
         checkpoint_status=svc.checkpoint.status,
+        checkpoint_trained=svc.checkpoint.trained,
         rank=adapter.rank,
         target_modules=adapter.target_modules,
         description_truncated=adapter.metadata.get("description_truncated") == "true",

@@ -23,6 +23,7 @@ async def list_models(svc: Annotated[Service, Depends(service)]) -> ModelList:
         parent=None,
         checkpoint=svc.checkpoint.id,
         checkpoint_status=svc.checkpoint.status,
+        checkpoint_trained=svc.checkpoint.trained,
     )
     ids, _ = await svc.store.list_ids(LISTED)
     adapters = []
@@ -37,6 +38,7 @@ async def list_models(svc: Annotated[Service, Depends(service)]) -> ModelList:
                     parent=svc.base_name,
                     checkpoint=svc.checkpoint.id,
                     checkpoint_status=svc.checkpoint.status,
+                    checkpoint_trained=svc.checkpoint.trained,
                 )
             )
     return ModelList(data=[base, *adapters])

@@ -23,6 +23,7 @@ class AdapterObject(BaseModel):
     base_model: str
     checkpoint: str
     checkpoint_status: str
+    checkpoint_trained: bool
     rank: int
     target_modules: list[str]
     description_truncated: bool
@@ -144,6 +145,7 @@ class ModelObject(BaseModel):
     parent: str | None
     checkpoint: str | None = None
     checkpoint_status: str | None = None
+    checkpoint_trained: bool | None = None
 
 
 class ModelList(BaseModel):
