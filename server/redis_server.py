@@ -2,7 +2,8 @@
 
 It listens on a unix socket in the state directory (or a loopback port, for tests), persists with an
 append-only file fsynced every second (no periodic RDB snapshots: forking to write hundreds of MB of
-adapters stalled reads on a 2-core machine), and is shut down (saving) on ``stop``.
+adapters stalled reads on a 2-core machine), and is shut down (saving) on ``stop``. A server that
+exits on its own is started again by the service (``exit_code`` tells), on the same append-only file.
 """
 
 import contextlib
@@ -91,6 +92,10 @@ class EmbeddedRedis:
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         self.stop()
         raise T2LError(f"the embedded Redis in {self.state_dir} did not start: {' '.join(tail) or 'no log'}")
+
+    def exit_code(self) -> int | None:
+        """The exit status of a server that ended on its own (a crash, a kill); None while it runs."""
+        return None if self.process is None else self.process.poll()
 
     def stop(self) -> None:
         """Shut down with a final save; kill only if it will not go."""

@@ -24,6 +24,7 @@ from server.slots import SlotBank
 from server.store import AdapterStore, L1Cache
 
 log = logging.getLogger("t2l.server")
+RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait between tries to restart the embedded Redis
 
 
 class Service:
@@ -89,9 +90,22 @@ class Service:
         log.info("ready: base %s, checkpoint %s (%s), Redis %s", s.base_model, config.id, config.status, url)
 
     async def _watch_redis(self) -> None:
-        """Ping Redis often while it is down (to resume writes), now and then while it is up."""
+        """Ping Redis often while it is down (to resume writes), now and then while it is up; restart
+        the embedded Redis when it exits on its own, with capped backoff while it will not start."""
+        backoff = RESTART_BACKOFF_S[0]
         while True:
-            await asyncio.sleep(1.0 if self.store.degraded else 5.0)
+            await asyncio.sleep(1.0 if self.store.degraded or self.embedded else 5.0)
+            code = self.embedded.exit_code() if self.embedded else None
+            if code is not None:
+                log.warning("the embedded Redis exited (status %s): restarting it on its AOF", code)
+                try:
+                    await asyncio.to_thread(self.embedded.start)
+                    backoff = RESTART_BACKOFF_S[0]
+                except T2LError as err:
+                    log.error("%s; next try in %.0f s", err, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(2 * backoff, RESTART_BACKOFF_S[1])
+                    continue
             await self.store.ping()
 
     async def stop(self) -> None:

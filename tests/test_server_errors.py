@@ -355,3 +355,29 @@ def test_a_corrupt_redis_entry_is_discarded_and_regenerated(server_settings, cor
     assert stored[b"checksum"].decode() == hashlib.sha256(stored[b"data"]).hexdigest()
     assert stored[b"base_fingerprint"].decode() == fingerprint
     LoraAdapter.from_bytes(stored[b"data"]).check_shapes()
+
+
+def test_the_embedded_redis_is_restarted_when_it_dies(server_settings, tmp_path):
+    """SIGKILL the service's own redis-server: it comes back on its append-only file, /readyz returns to
+    ready, what was stored before is still there and what was made meanwhile is written."""
+    import os
+    import signal
+
+    with running_server(server_settings(redis_url=None, state_dir=tmp_path / "s")) as server:
+        embedded = server.service.embedded
+        assert embedded is not None
+        before = create(server.url, MATH)
+        direct = redis.Redis(unix_socket_path=str(embedded.socket))
+        wait_for_key(direct, KEY + before["id"])
+        first = embedded.process.pid
+        os.kill(first, signal.SIGKILL)
+        during = create(server.url, FRENCH)  # served while Redis is down or coming back
+        assert during["cached"] is False
+        deadline = time.monotonic() + 20
+        while embedded.process.pid == first or readyz(server.url)["status"] != "ready":
+            assert time.monotonic() < deadline, "the embedded Redis was not restarted"
+            time.sleep(0.2)
+        direct = redis.Redis(unix_socket_path=str(embedded.socket))
+        wait_for_key(direct, KEY + during["id"], poke=server.url)
+        assert direct.exists(KEY + before["id"])  # from the append-only file
+        assert direct.zscore(INDEX, during["id"]) is not None
