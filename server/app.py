@@ -7,18 +7,20 @@ from fastapi import FastAPI
 
 from hypernet.errors import T2LError
 from server import errors
-from server.api import adapters, chat, health, models
+from server.api import adapters, chat, health, metrics, models
 from server.auth import ApiKeyMiddleware
+from server.metrics import Metrics, MetricsMiddleware
 from server.service import Service
 from server.settings import ServerSettings
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
+    service_metrics = Metrics()  # made with the app: the middleware counts requests before the service runs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = Service(settings)
+        svc = Service(settings, service_metrics)
         app.state.service = svc
         app.state.startup_error = None
         try:
@@ -37,7 +39,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
-    for router in (adapters.router, chat.router, models.router, health.router):
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, metrics_public=settings.metrics_public)
+    app.add_middleware(MetricsMiddleware, metrics=service_metrics)
+    for router in (adapters.router, chat.router, models.router, health.router, metrics.router):
         app.include_router(router)
     return app

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from hypernet.lora import LoraLayers
+from server.metrics import Metrics
 from server.slots import EMPTY, SlotBank
 
 log = logging.getLogger("t2l.engine")
@@ -63,6 +64,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
 
     def emit(self, event: Delta | Finished) -> None:
         try:
@@ -79,8 +81,9 @@ def _held_back(text: str, stops: list[str]) -> int:
 class RowState:
     """Sampling, detokenisation and stopping for one batch row."""
 
-    def __init__(self, job: Job, tokenizer: PreTrainedTokenizerBase, eos: set[int]):
-        self.job, self.tokenizer, self.eos = job, tokenizer, eos
+    def __init__(self, job: Job, tokenizer: PreTrainedTokenizerBase, eos: set[int], metrics: Metrics):
+        self.job, self.tokenizer, self.eos, self.metrics = job, tokenizer, eos, metrics
+        self.last: float | None = None  # when the previous token came
         self.tokens: list[int] = []
         self.sent = 0
         self.done = False
@@ -100,6 +103,11 @@ class RowState:
 
     def push(self, token: int) -> None:
         """Take one sampled token: stream new text, or finish on EOS, a stop string or the limit."""
+        now = time.monotonic()
+        since = self.metrics.first_token_seconds if self.last is None else self.metrics.token_seconds
+        since.observe(now - (self.last or self.job.submitted))
+        self.last = now
+        self.metrics.tokens.inc()
         s = self.job.sampling
         if token in self.eos and not s.ignore_eos:
             self._finish("stop", self._text(), count=token)
@@ -189,10 +197,13 @@ class Engine:
         max_batch: int = 8,
         batch_window_ms: float = 5.0,
         max_queue: int = 64,
+        metrics: Metrics | None = None,
     ):
         self.model, self.tokenizer, self.layers, self.bank = model, tokenizer, layers, bank
         self.scaling, self.max_batch, self.window_s = scaling, max_batch, batch_window_ms / 1000
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.metrics = metrics or Metrics()
+        self.metrics.queue_depth.set_function(self.queue.qsize)
         eos = model.generation_config.eos_token_id
         self.eos = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
         if tokenizer.eos_token_id is not None:
@@ -247,6 +258,7 @@ class Engine:
         batch: Batch | None = None
         while True:
             running = len(batch.rows) if batch else 0
+            self.metrics.running.set(running)
             if self._stopping and running == 0:
                 return
             arrivals = self._arrivals(running)
@@ -298,7 +310,7 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        rows = [RowState(job, self.tokenizer, self.eos) for job in jobs]
+        rows = [RowState(job, self.tokenizer, self.eos, self.metrics) for job in jobs]
         self._apply(rows)
         try:
             logits = self.model(

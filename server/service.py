@@ -18,6 +18,7 @@ from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
 from server.engine import Engine
+from server.metrics import Metrics
 from server.redis_server import EmbeddedRedis
 from server.settings import ServerSettings
 from server.slots import SlotBank
@@ -28,10 +29,11 @@ RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait between tries to resta
 
 
 class Service:
-    def __init__(self, settings: ServerSettings):
+    def __init__(self, settings: ServerSettings, metrics: Metrics | None = None):
         self.settings = settings
         self.embedded: EmbeddedRedis | None = None
         self._watch: asyncio.Task | None = None
+        self.metrics = metrics or Metrics()
 
     async def start(self) -> None:
         s = self.settings
@@ -64,7 +66,7 @@ class Service:
             raise T2LError(f"base model {s.base_model!r} has no chat template")
         check_compatible(config, path, base=spec_of(self.model, s.base_model, list(config.base.modules)))
         self.base_name = s.base_model
-        self.bank = SlotBank(config.base, config.hypernet.rank, s.slots, device)
+        self.bank = SlotBank(config.base, config.hypernet.rank, s.slots, device, metrics=self.metrics)
         self.engine = Engine(
             self.model,
             self.tokenizer,
@@ -74,6 +76,7 @@ class Service:
             s.max_batch,
             s.batch_window_ms,
             s.max_queue,
+            self.metrics,
         )
         self.engine.start()
         url = s.redis_url
@@ -82,7 +85,11 @@ class Service:
             url = await asyncio.to_thread(self.embedded.start)
         self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.store = AdapterStore(
-            self.generator, self.redis, L1Cache(s.l1_max_adapters, s.l1_max_bytes), s.adapter_ttl_s
+            self.generator,
+            self.redis,
+            L1Cache(s.l1_max_adapters, s.l1_max_bytes),
+            s.adapter_ttl_s,
+            self.metrics,
         )
         if not await self.store.ping():
             log.warning("Redis at %s is unreachable: starting degraded (L1 and generation only)", url)
@@ -100,6 +107,7 @@ class Service:
                 log.warning("the embedded Redis exited (status %s): restarting it on its AOF", code)
                 try:
                     await asyncio.to_thread(self.embedded.start)
+                    self.metrics.redis_restarts.inc()
                     backoff = RESTART_BACKOFF_S[0]
                 except T2LError as err:
                     log.error("%s; next try in %.0f s", err, backoff)

@@ -24,6 +24,9 @@ class ServerSettings(Settings):
     max_prompt_tokens: int = Field(2048, ge=1)
     max_description_chars: int = Field(4000, ge=1)
     api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list; empty = no auth")
+    metrics_public: bool = Field(
+        False, description="serve /metrics without an API key even when keys are set"
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -13,6 +13,7 @@ import torch
 
 from hypernet.adapter import LoraAdapter
 from hypernet.base import BaseSpec
+from server.metrics import Metrics
 
 EMPTY = 0
 
@@ -28,8 +29,17 @@ def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 class SlotBank:
-    def __init__(self, base: BaseSpec, rank: int, slots: int, device: str = "cpu", dtype=torch.float32):
+    def __init__(
+        self,
+        base: BaseSpec,
+        rank: int,
+        slots: int,
+        device: str = "cpu",
+        dtype=torch.float32,
+        metrics: Metrics | None = None,
+    ):
         self.size = slots
+        self.metrics = metrics or Metrics()
         layers = base.num_layers
         # zero_() writes every page now, so the first activation of a slot pays no page faults
         self.A = {
@@ -68,9 +78,12 @@ class SlotBank:
                 if slot is None:
                     slot = self._victim()
                     if slot is not None:
+                        if self.owner[slot] is not None:
+                            self.metrics.slot_evictions.inc()
                         self.owner[slot] = None  # half-written slots belong to nobody
                         self._copy_in(slot, adapter)
                         self.owner[slot] = adapter_id
+                        self.metrics.slot_activations.inc()
                 if slot is not None:
                     self.pins[slot] += 1
                     self.last_used[slot] = time.monotonic()

@@ -23,6 +23,7 @@ from hypernet.adapter import LoraAdapter
 from hypernet.embed import normalize_description
 from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator
+from server.metrics import Metrics
 
 log = logging.getLogger("t2l.store")
 KEY = "t2l:adapter:"
@@ -94,8 +95,10 @@ class AdapterStore:
         redis: aioredis.Redis | None,
         l1: L1Cache,
         ttl_s: int | None = None,
+        metrics: Metrics | None = None,
     ):
         self.generator, self.redis, self.l1, self.ttl_s = generator, redis, l1, ttl_s
+        self.metrics = metrics or Metrics()
         self.checkpoint_id = generator.config.id
         self.fingerprint = generator.config.base.fingerprint
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # id → (lock, [users])
@@ -103,6 +106,8 @@ class AdapterStore:
         self._writes: set[asyncio.Task] = set()  # Redis writes in flight, awaited by ``flush``
         self.degraded = False
         self.generations = 0  # how many adapters this process generated (tests count single-flight)
+        self.metrics.redis_up.set_function(lambda: 0 if self.degraded or self.redis is None else 1)
+        self.metrics.redis_backlog.set_function(lambda: len(self._unsynced))
 
     def adapter_id(self, description: str) -> str:
         text = normalize_description(description)
@@ -198,6 +203,7 @@ class AdapterStore:
             return Record(adapter_id, adapter, int(fields[b"created"]))
         except Exception as err:  # whatever is wrong with an entry, it is not trusted: discard it
             log.warning("discarding Redis entry %s: %s", adapter_id, err)
+            self.metrics.corrupt_entries.inc()
             await self._redis_call("discard", lambda r: r.delete(KEY + adapter_id))
             await self._redis_call("discard", lambda r: r.zrem(INDEX, adapter_id))
             return None
@@ -210,6 +216,7 @@ class AdapterStore:
         adapter_id = self.adapter_id(description)
         record = self.l1.get(adapter_id)
         if record is not None:
+            self.metrics.lookups.labels("l1").inc()
             return Lookup(record, "l1", {"total": (time.perf_counter() - start) * 1000})
         lock, users = self._locks.setdefault(adapter_id, (asyncio.Lock(), [0]))
         users[0] += 1
@@ -217,13 +224,18 @@ class AdapterStore:
             async with lock:
                 record = self.l1.get(adapter_id)
                 if record is not None:
+                    self.metrics.lookups.labels("l1").inc()
                     return Lookup(record, "l1", {"total": (time.perf_counter() - start) * 1000})
                 record = await self._read(adapter_id)
                 if record is not None:
                     self.l1.put(record)
+                    self.metrics.lookups.labels("redis").inc()
                     return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
                 (adapter,), timings = await asyncio.to_thread(self.generator.generate, [description])
                 self.generations += 1
+                self.metrics.lookups.labels("generated").inc()
+                self.metrics.generation_seconds.labels("embed").observe(timings.embed_ms / 1000)
+                self.metrics.generation_seconds.labels("hypernet").observe(timings.hypernet_ms / 1000)
                 record = Record(adapter_id, adapter, int(time.time()))
                 self.l1.put(record)
                 self._write_later(record)
@@ -245,11 +257,14 @@ class AdapterStore:
         """A stored adapter by id (L1, then Redis), or None."""
         record = self.l1.get(adapter_id)
         if record is not None:
+            self.metrics.lookups.labels("l1").inc()
             return record, "l1"
         record = await self._read(adapter_id)
         if record is None:
+            self.metrics.lookups.labels("miss").inc()
             return None
         self.l1.put(record)
+        self.metrics.lookups.labels("redis").inc()
         return record, "redis"
 
     async def delete(self, adapter_id: str) -> bool:

@@ -350,6 +350,8 @@ def test_a_corrupt_redis_entry_is_discarded_and_regenerated(server_settings, cor
         assert again.status_code == 200, again.text
         assert again.json()["id"] == adapter_id and again.json()["cached"] is False
         assert second.service.store.generations == 1
+        counted = second.service.metrics.registry.get_sample_value("t2l_redis_corrupt_entries_total")
+        assert counted == 1  # for /metrics
         fingerprint = second.service.store.fingerprint
     stored = direct.hgetall(KEY + adapter_id)
     assert stored[b"checksum"].decode() == hashlib.sha256(stored[b"data"]).hexdigest()
@@ -380,4 +382,5 @@ def test_the_embedded_redis_is_restarted_when_it_dies(server_settings, tmp_path)
         direct = redis.Redis(unix_socket_path=str(embedded.socket))
         wait_for_key(direct, KEY + during["id"], poke=server.url)
         assert direct.exists(KEY + before["id"])  # from the append-only file
+        assert server.service.metrics.registry.get_sample_value("t2l_redis_restarts_total") == 1
         assert direct.zscore(INDEX, during["id"]) is not None
