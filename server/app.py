@@ -9,6 +9,7 @@ from hypernet.errors import T2LError
 from server import errors
 from server.api import adapters, chat, health, metrics, models
 from server.auth import ApiKeyMiddleware
+from server.limits import BodyLimitMiddleware, RateLimitMiddleware
 from server.metrics import Metrics, MetricsMiddleware
 from server.service import Service
 from server.settings import ServerSettings
@@ -39,7 +40,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, metrics_public=settings.metrics_public)
+    # outermost last: metrics see every answer, then keys, the rate limit, the body cap
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit:
+        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), metrics_public=settings.metrics_public)
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)
     for router in (adapters.router, chat.router, models.router, health.router, metrics.router):
         app.include_router(router)

@@ -39,6 +39,7 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    timeout_s: float | None = None  # past this since submission, the row ends as if at max_tokens
 
 
 @dataclass
@@ -117,7 +118,9 @@ class RowState:
         hit = min((i for i in (text.find(stop) for stop in s.stop) if i >= 0), default=-1)
         if hit >= 0:
             self._finish("stop", text[:hit])
-        elif len(self.tokens) >= s.max_tokens:
+        elif len(self.tokens) >= s.max_tokens or (
+            s.timeout_s is not None and now - self.job.submitted > s.timeout_s
+        ):
             self._finish("length", text)
         elif not text.endswith("\ufffd"):  # an unfinished multi-byte character waits for its rest
             upto = len(text) - _held_back(text, s.stop)

@@ -24,6 +24,14 @@ class ServerSettings(Settings):
     max_prompt_tokens: int = Field(2048, ge=1)
     max_description_chars: int = Field(4000, ge=1)
     api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list; empty = no auth")
+    api_keys_file: Path | None = Field(None, description="more API keys, one per line ('#' comments)")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body; larger gets 413")
+    rate_limit: int | None = Field(
+        None, ge=1, description="requests a minute per API key or client; unset = off"
+    )
+    generation_timeout_s: float | None = Field(
+        300.0, gt=0, description="a generation running longer ends as if it reached max_tokens; unset = none"
+    )
     metrics_public: bool = Field(
         False, description="serve /metrics without an API key even when keys are set"
     )
@@ -34,6 +42,19 @@ class ServerSettings(Settings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"T2L_REDIS_URL={value!r} must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"T2L_API_KEYS_FILE={str(value)!r} is not a readable file")
+        return value
+
+    def all_api_keys(self) -> list[SecretStr]:
+        """The keys of ``T2L_API_KEYS`` and of ``T2L_API_KEYS_FILE`` (read once, at start-up)."""
+        lines = self.api_keys_file.read_text().splitlines() if self.api_keys_file else []
+        from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return [*self.api_keys, *map(SecretStr, from_file)]
 
     @property
     def l1_max_bytes(self) -> int:

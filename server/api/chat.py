@@ -70,7 +70,15 @@ def sampling(svc: Service, req: ChatRequest) -> Sampling:
     if asked is not None and asked > cap:
         raise APIError(422, f"{name}={asked} is over this server's cap of {cap}", name, "too_large")
     limit = asked or min(svc.settings.default_max_tokens, cap)
-    return Sampling(limit, req.temperature, req.top_p, req.stops(), req.seed, req.ignore_eos)
+    return Sampling(
+        limit,
+        req.temperature,
+        req.top_p,
+        req.stops(),
+        req.seed,
+        req.ignore_eos,
+        svc.settings.generation_timeout_s,
+    )
 
 
 def prompt_ids(svc: Service, req: ChatRequest) -> list[int]:
