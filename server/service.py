@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 import torch
+from redis.exceptions import RedisError
 
 from hypernet.base import load_base, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
@@ -22,7 +23,7 @@ from server.metrics import Metrics
 from server.redis_server import EmbeddedRedis
 from server.settings import ServerSettings
 from server.slots import SlotBank
-from server.store import AdapterStore, L1Cache
+from server.store import INVALIDATE, AdapterStore, L1Cache
 
 log = logging.getLogger("t2l.server")
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait between tries to restart the embedded Redis
@@ -33,6 +34,7 @@ class Service:
         self.settings = settings
         self.embedded: EmbeddedRedis | None = None
         self._watch: asyncio.Task | None = None
+        self._listen: asyncio.Task | None = None
         self.metrics = metrics or Metrics()
 
     async def start(self) -> None:
@@ -84,6 +86,8 @@ class Service:
             self.embedded = EmbeddedRedis(s.state_dir)
             url = await asyncio.to_thread(self.embedded.start)
         self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        # subscriptions wait for messages indefinitely: a client of their own, without a read timeout
+        self.subscriber = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=15)
         self.store = AdapterStore(
             self.generator,
             self.redis,
@@ -94,6 +98,7 @@ class Service:
         if not await self.store.ping():
             log.warning("Redis at %s is unreachable: starting degraded (L1 and generation only)", url)
         self._watch = asyncio.create_task(self._watch_redis())
+        self._listen = asyncio.create_task(self._listen_invalidations())
         log.info("ready: base %s, checkpoint %s (%s), Redis %s", s.base_model, config.id, config.status, url)
 
     async def _watch_redis(self) -> None:
@@ -116,16 +121,34 @@ class Service:
                     continue
             await self.store.ping()
 
+    async def _listen_invalidations(self) -> None:
+        """Drop adapters other replicas delete (Redis pub/sub) from L1 and from the slots; after a lost
+        connection, resubscribe and drop whatever was deleted meanwhile."""
+        while True:
+            try:
+                async with self.subscriber.pubsub() as pubsub:
+                    await pubsub.subscribe(INVALIDATE)
+                    await self.store.drop_stale()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            adapter_id = message["data"].decode()
+                            self.store.forget(adapter_id)
+                            self.bank.evict(adapter_id)
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)
+
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._listen):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if hasattr(self, "store"):
             await self.store.flush()
         if hasattr(self, "engine"):
             await asyncio.to_thread(self.engine.stop)
         if hasattr(self, "redis"):
             await self.redis.aclose()
+            await self.subscriber.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

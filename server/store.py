@@ -28,6 +28,7 @@ from server.metrics import Metrics
 log = logging.getLogger("t2l.store")
 KEY = "t2l:adapter:"
 INDEX = "t2l:adapters"
+INVALIDATE = "t2l:invalidate"  # pub/sub channel: ids deleted on one replica, dropped from every L1
 Tier = Literal["l1", "redis"] | None
 
 
@@ -277,10 +278,26 @@ class AdapterStore:
             async with r.pipeline(transaction=True) as pipe:
                 pipe.delete(KEY + adapter_id)
                 pipe.zrem(INDEX, adapter_id)
-                removed, _ = await pipe.execute()
+                pipe.publish(INVALIDATE, adapter_id)
+                removed, _, _ = await pipe.execute()
             return int(removed)
 
         return bool(await self._redis_call("delete", delete)) or in_l1
+
+    def forget(self, adapter_id: str) -> None:
+        """Drop an adapter that another replica deleted from this one's L1."""
+        self.l1.pop(adapter_id)
+
+    async def drop_stale(self) -> None:
+        """After missing invalidations (Redis was unreachable), drop L1 entries Redis no longer lists;
+        adapters made meanwhile and not yet written stay."""
+        listed = await self._redis_call("list", lambda r: r.zrange(INDEX, 0, -1))
+        if listed is None:
+            return
+        known = {i.decode() for i in listed}
+        for record in self.l1.records():
+            if record.id not in known and record.id not in self._unsynced:
+                self.l1.pop(record.id)
 
     async def list_ids(self, limit: int, after: str | None = None) -> tuple[list[str], bool]:
         """Adapter ids, oldest first, ``limit`` at a time after id ``after``; and whether more follow."""
