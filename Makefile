@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m bench.activation --json bench/results/activation.json
 	$(BIN)/python -m bench.engine --json bench/results/engine.json
 	$(BIN)/python -m bench.train_step --json bench/results/train_step.json
+	$(BIN)/python -m bench.load --json bench/results/load.json
 
 # On a CUDA machine: T2L and the multi-task LoRA on the same budget, both eval splits, results in $(OUT).
 train-gpu: setup
