@@ -119,3 +119,10 @@ def test_path_traversal_in_ids_is_a_plain_not_found(fuzzed, adapter_id):
         response = httpx.get(f"{fuzzed}{path}", timeout=30)
         assert response.status_code in (404, 422), response.text[:300]
         assert_openai_error(response)
+
+
+def test_a_10_mb_body_is_refused_before_it_is_parsed(fuzzed):
+    body = b'{"description": "' + b"x" * (10 * 2**20) + b'"}'
+    response = httpx.post(f"{fuzzed}/v1/adapters", content=body, timeout=60)
+    assert response.status_code == 413, response.text[:300]
+    assert_openai_error(response)
