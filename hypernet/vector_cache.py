@@ -22,8 +22,9 @@ class VectorCache:
         self.embedder = embedder
         self.prefix = f"{embedder.name}|{embedder.pooling}|{embedder.dim}|"
         path.parent.mkdir(parents=True, exist_ok=True)
+        # the default rollback journal: switching to WAL needs a lock that concurrent openers (DDP ranks
+        # starting together) can fail to get at once, while these statements wait out the busy timeout
         self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self.memory: dict[str, torch.Tensor] = {}
 
