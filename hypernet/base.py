@@ -96,6 +96,15 @@ def load_base(
     return model.to(device).eval(), tokenizer
 
 
+def load_tokenizer(name: str, checkpoints_dir: Path) -> AutoTokenizer:
+    """The base model's tokenizer alone (a server whose generation runs elsewhere needs no weights)."""
+    source, extra = _gguf_parts(resolve_base(name, checkpoints_dir))
+    try:
+        return AutoTokenizer.from_pretrained(source, **extra)
+    except (OSError, ValueError) as err:
+        raise _load_error("tokenizer of base model", name, err) from err
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF checkpoint once into a plain safetensors folder with tokenizer and chat template."""
     model, tokenizer = load_base(str(gguf), Path("."))

@@ -55,6 +55,13 @@ class Metrics:
             "t2l_time_per_output_token_seconds", "Time between a sequence's consecutive tokens",
             buckets=FAST, registry=r,
         )  # fmt: skip
+        self.vllm_loads = Counter(
+            "t2l_vllm_adapter_loads", "Adapters registered with a vLLM server (T2L_ENGINE=vllm)", registry=r
+        )
+        self.vllm_load_seconds = Histogram(
+            "t2l_vllm_adapter_load_seconds", "Time of vLLM's /v1/load_lora_adapter", buckets=SLOW,
+            registry=r,
+        )  # fmt: skip
         self.slot_activations = Counter("t2l_slot_activations", "Adapters copied into a slot", registry=r)
         self.slot_evictions = Counter(
             "t2l_slot_evictions", "Resident adapters overwritten to make room for another", registry=r

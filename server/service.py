@@ -13,17 +13,19 @@ import redis.asyncio as aioredis
 import torch
 from redis.exceptions import RedisError
 
-from hypernet.base import load_base, spec_of
+from hypernet.base import load_base, load_tokenizer, spec_from_config, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
 from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
 from server.engine import Engine
+from server.generation import LocalBackend
 from server.metrics import Metrics
 from server.redis_server import EmbeddedRedis
 from server.settings import ServerSettings
 from server.slots import SlotBank
 from server.store import INVALIDATE, AdapterStore, L1Cache
+from server.vllm import VLLMBackend
 
 log = logging.getLogger("t2l.server")
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait between tries to restart the embedded Redis
@@ -41,6 +43,7 @@ class Service:
         s = self.settings
         device = s.torch_device()
         path: Path = s.checkpoint or default_checkpoint(s.checkpoints_dir)
+        self.checkpoint_path = path
         self.generator = await asyncio.to_thread(
             AdapterGenerator.load, path, None, device, s.trust_remote_code
         )
@@ -61,26 +64,10 @@ class Service:
                 path,
                 config.id,
             )
-        self.model, self.tokenizer = await asyncio.to_thread(
-            load_base, s.base_model, s.checkpoints_dir, torch.float32, device
-        )
+        self.base_name = s.base_model
+        self.backend = await (self._vllm() if s.engine == "vllm" else self._local(device))
         if not self.tokenizer.chat_template:
             raise T2LError(f"base model {s.base_model!r} has no chat template")
-        check_compatible(config, path, base=spec_of(self.model, s.base_model, list(config.base.modules)))
-        self.base_name = s.base_model
-        self.bank = SlotBank(config.base, config.hypernet.rank, s.slots, device, metrics=self.metrics)
-        self.engine = Engine(
-            self.model,
-            self.tokenizer,
-            LoraLayers(self.model, config.base),
-            self.bank,
-            config.hypernet.scaling,
-            s.max_batch,
-            s.batch_window_ms,
-            s.max_queue,
-            self.metrics,
-        )
-        self.engine.start()
         url = s.redis_url
         if url is None:
             self.embedded = EmbeddedRedis(s.state_dir)
@@ -100,6 +87,44 @@ class Service:
         self._watch = asyncio.create_task(self._watch_redis())
         self._listen = asyncio.create_task(self._listen_invalidations())
         log.info("ready: base %s, checkpoint %s (%s), Redis %s", s.base_model, config.id, config.status, url)
+
+    async def _local(self, device: str) -> LocalBackend:
+        """Our engine: the base model resident here, its target linears wrapped for per-row LoRA."""
+        s, config = self.settings, self.checkpoint
+        model, self.tokenizer = await asyncio.to_thread(
+            load_base, s.base_model, s.checkpoints_dir, torch.float32, device
+        )
+        check_compatible(
+            config, self.checkpoint_path, base=spec_of(model, s.base_model, list(config.base.modules))
+        )
+        self.bank = SlotBank(config.base, config.hypernet.rank, s.slots, device, metrics=self.metrics)
+        self.engine = Engine(
+            model,
+            self.tokenizer,
+            LoraLayers(model, config.base),
+            self.bank,
+            config.hypernet.scaling,
+            s.max_batch,
+            s.batch_window_ms,
+            s.max_queue,
+            self.metrics,
+        )
+        self.engine.start()
+        return LocalBackend(self.engine, self.bank)
+
+    async def _vllm(self) -> VLLMBackend:
+        """vLLM generates: only the tokenizer (prompt limits) and the base's shapes (meta) load here."""
+        s, config = self.settings, self.checkpoint
+        spec = await asyncio.to_thread(
+            spec_from_config, s.base_model, list(config.base.modules), s.checkpoints_dir
+        )
+        check_compatible(config, self.checkpoint_path, base=spec)
+        self.tokenizer = await asyncio.to_thread(load_tokenizer, s.base_model, s.checkpoints_dir)
+        key = s.vllm_api_key.get_secret_value() if s.vllm_api_key else None
+        log.info("engine: vLLM at %s (adapters written to %s)", ", ".join(s.vllm_url), s.vllm_adapters)
+        return VLLMBackend(
+            s.vllm_url, s.vllm_adapters, s.vllm_max_adapters, self.metrics, key, s.generation_timeout_s
+        )
 
     async def _watch_redis(self) -> None:
         """Ping Redis often while it is down (to resume writes), now and then while it is up; restart
@@ -133,7 +158,7 @@ class Service:
                         if message["type"] == "message":
                             adapter_id = message["data"].decode()
                             self.store.forget(adapter_id)
-                            self.bank.evict(adapter_id)
+                            await self.backend.forget(adapter_id)
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)
 
@@ -145,8 +170,8 @@ class Service:
                     await task
         if hasattr(self, "store"):
             await self.store.flush()
-        if hasattr(self, "engine"):
-            await asyncio.to_thread(self.engine.stop)
+        if hasattr(self, "backend"):
+            await self.backend.stop()
         if hasattr(self, "redis"):
             await self.redis.aclose()
             await self.subscriber.aclose()

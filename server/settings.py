@@ -1,8 +1,10 @@
 """Server settings: the library's settings plus the service's, one class, environment prefix ``T2L_``."""
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from hypernet.settings import REPO_ROOT, Settings
 
@@ -35,6 +37,19 @@ class ServerSettings(Settings):
     metrics_public: bool = Field(
         False, description="serve /metrics without an API key even when keys are set"
     )
+    engine: Literal["local", "vllm"] = Field(
+        "local", description="'local': our engine in this process; 'vllm': the vLLM servers of T2L_VLLM_URL"
+    )
+    vllm_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="vLLM server URLs, comma-separated (T2L_ENGINE=vllm)"
+    )
+    vllm_api_key: SecretStr | None = Field(None, description="the key the vLLM servers were started with")
+    vllm_adapter_dir: Path | None = Field(
+        None, description="where adapters are written for vLLM to read; unset = <state_dir>/vllm-adapters"
+    )
+    vllm_max_adapters: int = Field(
+        64, ge=1, description="adapters kept registered per vLLM server; the least recently used go first"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -42,6 +57,24 @@ class ServerSettings(Settings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"T2L_REDIS_URL={value!r} must start with redis://, rediss:// or unix://")
         return value or None
+
+    @field_validator("vllm_url", mode="before")
+    @classmethod
+    def _vllm_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [u.strip() for u in value.split(",") if u.strip()]
+        for url in value if isinstance(value, list) else []:
+            if not str(url).startswith(("http://", "https://")):
+                raise ValueError(f"T2L_VLLM_URL entry {url!r} must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _engine_has_servers(self) -> "ServerSettings":
+        if self.engine == "vllm" and not self.vllm_url:
+            raise ValueError(
+                "T2L_ENGINE=vllm needs T2L_VLLM_URL (one or more vLLM server URLs, comma-separated)"
+            )
+        return self
 
     @field_validator("api_keys_file")
     @classmethod
@@ -55,6 +88,10 @@ class ServerSettings(Settings):
         lines = self.api_keys_file.read_text().splitlines() if self.api_keys_file else []
         from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         return [*self.api_keys, *map(SecretStr, from_file)]
+
+    @property
+    def vllm_adapters(self) -> Path:
+        return self.vllm_adapter_dir or self.state_dir / "vllm-adapters"
 
     @property
     def l1_max_bytes(self) -> int:

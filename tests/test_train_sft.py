@@ -288,3 +288,47 @@ def test_regularisers_shape_training_steps_only(tiny_chat_base, tiny_chat_checkp
     # the penalty alone is at least each task's mean squared A (the initial A is not zero) per token
     least = min(sum(a[t].pow(2).mean() for a in A.values()) for t in range(A["q_proj"].shape[0]))
     assert reg.item() > ce.item() + 0.5 * least.item() * count
+
+
+def test_the_mismatch_hinge_scores_each_row_under_the_next_tasks_adapter(
+    tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path
+):
+    """With ``mismatch_weight`` the training loss adds, per row, weight x tokens x
+    relu(margin - (mean loss under the next task's adapter - mean loss under its own)); rows scored
+    one at a time under each description must give the same sum."""
+    weight, margin = 0.7, 50.0  # a margin this wide keeps every row's hinge active
+    trainer = make_trainer(
+        tiny_chat_base,
+        tiny_chat_checkpoint,
+        embedder,
+        tmp_path,
+        label_smoothing=0.0,
+        l2_generated=0.0,
+        mismatch_weight=weight,
+        mismatch_margin=margin,
+    )
+    randomize = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for head in trainer.hypernet.heads.values():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=randomize) * 0.05)
+    for module in trainer.hypernet.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    tasks = toy_tasks()
+    descriptions = [t.descriptions[0] for t in tasks]
+    pairs = [[t.instances[i], t.instances[i + 3]] for i, t in enumerate(tasks)]
+    embeddings = trainer._embed(descriptions)
+    trainer.hypernet.train()
+    with torch.no_grad():
+        summed, count = trainer.loss(trainer._collate(embeddings, pairs))
+        trainer.hypernet.eval()
+        expected, tokens = 0.0, 0
+        for t, rows in enumerate(pairs):
+            for example in rows:
+                own, n = trainer.loss(trainer._collate([embeddings[t]], [[example]]))
+                other, _ = trainer.loss(trainer._collate([embeddings[(t + 1) % 3]], [[example]]))
+                gap = other.item() / n - own.item() / n
+                expected += own.item() + weight * n * max(0.0, margin - gap)
+                tokens += n
+    assert count == tokens
+    assert summed.item() == pytest.approx(expected, rel=1e-4)

@@ -31,6 +31,10 @@ class SFTConfig(LoopConfig):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     neftune_alpha: float = Field(5.0, ge=0, description="NEFTune noise on the base's input embeddings")
     l2_generated: float = Field(1e-3, ge=0, description="L2 penalty on the generated A and B")
+    # a mismatched-description term (ours, not the reference's): each row is also scored under the
+    # adapter of another task of the step, and a hinge asks that adapter to do worse by a margin
+    mismatch_weight: float = Field(0.0, ge=0, description="weight of the mismatched-description hinge")
+    mismatch_margin: float = Field(0.5, ge=0, description="nats per token the right adapter must win by")
 
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -146,35 +150,67 @@ class SFTTrainer(Trainer):
                 pairs.append(examples)
         return self._collate(self._embed(texts), pairs)
 
+    def _forward(
+        self,
+        A_all: dict,
+        B_all: dict,
+        owner: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        smoothing: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token cross-entropy of one group of rows under the adapters ``owner`` picks, and each
+        token's row. Only the positions that predict a response token are projected onto the vocabulary."""
+        A = {m: a.index_select(0, owner) for m, a in A_all.items()}
+        B = {m: b.index_select(0, owner) for m, b in B_all.items()}
+        targets = labels[:, 1:]
+        keep = nn.functional.pad(targets != IGNORE, (0, 1))  # position p predicts token p + 1
+        with self.layers.applied(A, B, self.config.hypernet.scaling):
+            logits = self.base(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        losses = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets[keep[:, :-1]],
+            reduction="none",
+            label_smoothing=smoothing,
+        )
+        return losses, keep.nonzero()[:, 0]
+
     def loss(self, batch: Batch, model: nn.Module | None = None) -> tuple[torch.Tensor, int]:
         """Summed response-token cross-entropy and its token count, each row under its task's adapter.
 
-        The descriptions go through the hypernetwork once; each group of rows is one forward of the base,
-        which projects onto the vocabulary only the positions that predict a response token.
+        The descriptions go through the hypernetwork once; each group of rows is one forward of the base.
+        With ``mismatch_weight``, each row is scored again under the next task's adapter, and the hinge
+        ``relu(margin - (mismatched - matched))`` on the rows' mean token losses (weighted by tokens, like
+        the loss) makes adapters specific to their description, not one generic format adapter.
         """
         embeddings, groups = batch
         model = model or self.hypernet
         training, cfg = model.training, self.cfg
+        smoothing = cfg.label_smoothing if training else 0.0
         A_all, B_all = model(embeddings)
+        tasks = embeddings.shape[0]
+        contrast = training and cfg.mismatch_weight > 0 and tasks > 1
         total, count = torch.zeros((), device=self.device), 0
-        tokens_of_task = torch.zeros(embeddings.shape[0], device=self.device)
+        tokens_of_task = torch.zeros(tasks, device=self.device)
         noise = self._neftune() if training and cfg.neftune_alpha > 0 else None
         try:
             for owner, ids, mask, labels in groups:
-                A = {m: a.index_select(0, owner) for m, a in A_all.items()}
-                B = {m: b.index_select(0, owner) for m, b in B_all.items()}
-                targets = labels[:, 1:]
-                keep = nn.functional.pad(targets != IGNORE, (0, 1))  # position p predicts token p + 1
-                with self.layers.applied(A, B, self.config.hypernet.scaling):
-                    logits = self.base(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-                total = total + nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(),
-                    targets[keep[:, :-1]],
-                    reduction="sum",
-                    label_smoothing=cfg.label_smoothing if training else 0.0,
+                losses, rows = self._forward(A_all, B_all, owner, ids, mask, labels, smoothing)
+                total = total + losses.sum()
+                count += losses.numel()
+                tokens = torch.zeros(len(owner), device=self.device).index_add_(
+                    0, rows, torch.ones_like(losses)
                 )
-                count += int(keep.sum())
-                tokens_of_task.index_add_(0, owner, keep.sum(1).to(tokens_of_task.dtype))
+                tokens_of_task.index_add_(0, owner, tokens)
+                if contrast:
+                    other = (owner + 1) % tasks  # the next task of the step: a real, different description
+                    wrong, _ = self._forward(A_all, B_all, other, ids, mask, labels, smoothing)
+                    per_row = torch.zeros(len(owner), device=self.device)
+                    matched = per_row.index_add(0, rows, losses) / tokens.clamp(min=1)
+                    mismatched = per_row.index_add(0, rows, wrong) / tokens.clamp(min=1)
+                    hinge = torch.relu(cfg.mismatch_margin - (mismatched - matched))
+                    total = total + cfg.mismatch_weight * (hinge * tokens).sum()
         finally:
             if noise is not None:
                 noise.remove()

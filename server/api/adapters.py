@@ -74,7 +74,7 @@ async def get_adapter(adapter_id: str, svc: Svc) -> AdapterObject:
 async def delete_adapter(adapter_id: str, svc: Svc) -> Deleted:
     if not await svc.store.delete(adapter_id):
         raise APIError(404, f"no adapter {adapter_id!r}", "id", "adapter_not_found")
-    svc.bank.evict(adapter_id)
+    await svc.backend.forget(adapter_id)
     return Deleted(id=adapter_id, deleted=True)
 
 

@@ -5,7 +5,6 @@
 server-sent-event chunks ending with ``data: [DONE]``.
 """
 
-import asyncio
 import json
 import time
 import uuid
@@ -28,10 +27,10 @@ from server.api.protocol import (
     DeltaMessage,
     Usage,
 )
-from server.engine import Delta, Finished, Job, QueueFull, Sampling
+from server.engine import Delta, Finished, Sampling
 from server.errors import APIError, error_body
+from server.generation import ChatInput, Generation
 from server.service import Service
-from server.slots import EMPTY
 from server.store import Record
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -81,10 +80,13 @@ def sampling(svc: Service, req: ChatRequest) -> Sampling:
     )
 
 
-def prompt_ids(svc: Service, req: ChatRequest) -> list[int]:
-    messages = [
+def chat_messages(req: ChatRequest) -> list[dict[str, str]]:
+    return [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
     ]
+
+
+def prompt_ids(svc: Service, messages: list[dict[str, str]]) -> list[int]:
     ids = chat_ids(svc.tokenizer, messages, generation_prompt=True)
     if len(ids) > svc.settings.max_prompt_tokens:
         limit = svc.settings.max_prompt_tokens
@@ -98,38 +100,27 @@ async def chat_completions(
     req: ChatRequest, svc: Annotated[Service, Depends(service)]
 ) -> ChatCompletion | StreamingResponse:
     params = sampling(svc, req)
-    prompt = prompt_ids(svc, req)
+    messages = chat_messages(req)
+    prompt = prompt_ids(svc, messages)
     record, ref = await resolve_adapter(svc, req)
-    slot = await svc.bank.acquire(record.id, record.adapter) if record else EMPTY
-    job = Job(prompt, slot, params, asyncio.get_running_loop())
-    try:
-        svc.engine.submit(job)
-    except QueueFull as err:
-        await svc.bank.release(slot)
-        raise APIError(
-            429,
-            "the server is busy: too many queued requests",
-            code="queue_full",
-            headers={"Retry-After": "1"},
-        ) from err
+    generation = await svc.backend.submit(ChatInput(messages, prompt, record, params))
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            stream(svc, job, slot, completion_id, created, req.model, ref, include_usage),
+            stream(generation, completion_id, created, req.model, ref, include_usage),
             media_type="text/event-stream",
         )
     text, finished = [], None
     try:
         while finished is None:
-            event = await job.events.get()
+            event = await generation.events.get()
             if isinstance(event, Delta):
                 text.append(event.text)
             else:
                 finished = event
     finally:
-        job.cancelled.set()
-        await svc.bank.release(slot)
+        await generation.close()
     if finished.reason == "error":
         raise APIError(500, finished.error or "generation failed")
     return ChatCompletion(
@@ -150,16 +141,14 @@ def usage(finished: Finished) -> Usage:
 
 
 async def stream(
-    svc: Service,
-    job: Job,
-    slot: int,
+    generation: Generation,
     completion_id: str,
     created: int,
     model: str,
     ref: AdapterRef | None,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """SSE chunks as the engine produces text; a client that leaves cancels the job and frees the slot."""
+    """SSE chunks as the engine produces text; a client that leaves cancels the generation."""
 
     def chunk(delta: DeltaMessage, finish: str | None = None, **extra) -> str:
         body = ChatCompletionChunk(
@@ -174,7 +163,7 @@ async def stream(
     try:
         yield chunk(DeltaMessage(role="assistant", content=""), adapter=ref)
         while True:
-            event = await job.events.get()
+            event = await generation.events.get()
             if isinstance(event, Delta):
                 yield chunk(DeltaMessage(content=event.text))
                 continue
@@ -187,5 +176,4 @@ async def stream(
             break
         yield "data: [DONE]\n\n"
     finally:
-        job.cancelled.set()
-        await svc.bank.release(slot)
+        await generation.close()
