@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.server import Server, descriptions, free_port
 from bench.stats import summary, write_json
@@ -136,6 +137,15 @@ def measure_ours(url: str, base: str, adapter_texts: list[str], new: list[str], 
     return row(base_rate, adapters_rate, ttft)
 
 
+def mean_load_ms(url: str) -> float:
+    """Mean time of vLLM's /v1/load_lora_adapter as our server saw it (its Prometheus histogram)."""
+    values = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            values[sample.name] = sample.value
+    return 1000 * values["t2l_vllm_adapter_load_seconds_sum"] / values["t2l_vllm_adapter_load_seconds_count"]
+
+
 def row(base_rate: float, adapters_rate: float, ttft: list[float]) -> dict:
     return {
         "base_tok_s": base_rate,
@@ -204,6 +214,7 @@ def main() -> None:
                 systems["t2l+vllm"] = measure_ours(
                     front.url, settings.base_model, adapter_texts, new_sets[2], args.repeats
                 )
+                systems["t2l+vllm"]["vllm_load_ms_mean"] = mean_load_ms(front.url)
             finally:
                 front.stop()
             print("t2l+vllm", systems["t2l+vllm"], flush=True)
