@@ -16,7 +16,10 @@ export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
     --enable-lora --max-lora-rank 8 --max-loras 8 --dtype bfloat16 \
     --gpu-memory-utilization "${VLLM_MEMORY:-0.15}" ${VLLM_ARGS:-} >"$LOG" 2>&1 &
 VLLM_PID=$!
-trap 'kill $VLLM_PID 2>/dev/null; wait $VLLM_PID 2>/dev/null' EXIT INT TERM
+T2L_PID=
+stop() { kill -TERM $T2L_PID 2>/dev/null; kill $VLLM_PID 2>/dev/null; wait 2>/dev/null; }
+trap stop EXIT
+trap 'exit 130' INT TERM
 echo "starting vLLM on 127.0.0.1:$PORT (log: $LOG)"
 for _ in $(seq 1 600); do
     if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null; then break; fi
@@ -24,4 +27,6 @@ for _ in $(seq 1 600); do
     sleep 1
 done
 curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null || { echo "vLLM did not come up in 600 s"; exit 1; }
-T2L_ENGINE=vllm T2L_VLLM_URL="http://127.0.0.1:$PORT" .venv/bin/t2l serve
+T2L_ENGINE=vllm T2L_VLLM_URL="http://127.0.0.1:$PORT" .venv/bin/t2l serve &
+T2L_PID=$!
+wait $T2L_PID

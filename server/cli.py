@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace, _: Settings) -> None:
         raise T2LError(f"invalid setting T2L_{str(first['loc'][0]).upper()}: {first['msg']}") from err
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").addFilter(_NoUserErrorTraceback())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per call to vLLM would drown the log
     app = create_app(settings)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
