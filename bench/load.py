@@ -22,7 +22,6 @@ bounded in count and time. Four phases, each a section of the JSON result:
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -44,7 +43,7 @@ from bench.stats import write_json
 from hypernet.adapter import LoraAdapter
 from hypernet.settings import Settings
 from server.redis_server import SOCKET_NAME, EmbeddedRedis
-from server.store import KEY
+from server.store import KEY, checksum
 
 KINDS = ("adapter", "chat_inline", "chat_stream", "chat_by_id", "models", "download")
 WEIGHTS = (0.35, 0.2, 0.15, 0.15, 0.1, 0.05)
@@ -312,7 +311,7 @@ def corrupt(fields: dict, how: str) -> dict:
         adapter.B = {m: b[..., :1] for m, b in adapter.B.items()}
         adapter.rank = 1
         raw = adapter.to_bytes()
-        return {b"data": raw, b"checksum": hashlib.sha256(raw).hexdigest().encode()}
+        return {b"data": raw, b"checksum": checksum(raw).encode()}
     return {b"checkpoint": b"ck-000000000000"}  # another checkpoint's entry
 
 

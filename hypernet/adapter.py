@@ -6,12 +6,13 @@ the shape the hypernetwork emits and the batched LoRA consumes. PEFT wants one t
 """
 
 import json
-from dataclasses import dataclass, field
+import math
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_bytes
 
@@ -66,11 +67,23 @@ class LoraAdapter:
                 state[f"{prefix}.lora_B.weight"] = self.B[m][layer].contiguous()
         return state
 
-    def save_peft(self, out: Path) -> Path:
-        """Write ``adapter_config.json``, ``adapter_model.safetensors`` and a model card to ``out``."""
+    def to(self, dtype: torch.dtype) -> "LoraAdapter":
+        """The same adapter with its tensors in ``dtype`` (itself when they already are)."""
+        if all(t.dtype == dtype for t in [*self.A.values(), *self.B.values()]):
+            return self
+        return replace(
+            self,
+            A={m: t.to(dtype) for m, t in self.A.items()},
+            B={m: t.to(dtype) for m, t in self.B.items()},
+        )
+
+    def save_peft(self, out: Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``adapter_config.json``, ``adapter_model.safetensors`` (in ``dtype``, default the
+        tensors' own) and a model card to ``out``."""
         out.mkdir(parents=True, exist_ok=True)
         self.peft_config().save_pretrained(str(out))
-        save_file(self.peft_state_dict(), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+        state = {k: v.to(dtype) if dtype else v for k, v in self.peft_state_dict().items()}
+        save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
         (out / "README.md").write_text(self.model_card())
         return out
 
@@ -126,8 +139,11 @@ class LoraAdapter:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LoraAdapter":
-        """Rebuild from ``to_bytes`` output, checking every shape against the recorded base."""
-        header, tensors = read_header(data), load_bytes(data)
+        """Rebuild from ``to_bytes`` output, checking every shape against the recorded base.
+
+        The tensors are read-only views into ``data`` (no copy): the slot bank copies them once, into
+        the slot, converting the stored dtype there."""
+        header, tensors = read_header(data), tensor_views(data)
         A = {k[2:]: v for k, v in tensors.items() if k.startswith("A.")}
         B = {k[2:]: v for k, v in tensors.items() if k.startswith("B.")}
         adapter = cls(
@@ -160,7 +176,41 @@ class LoraAdapter:
                 )
 
 
+def _header(data: bytes) -> tuple[dict, int]:
+    if len(data) < 8:
+        raise T2LError("adapter bytes too short for a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if 8 + size > len(data):
+        raise T2LError("adapter bytes cut short inside the safetensors header")
+    return json.loads(data[8 : 8 + size]), 8 + size
+
+
 def read_header(data: bytes) -> dict[str, str]:
     """The string metadata of a safetensors blob, read without touching its tensors."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__", {})
+    return _header(data)[0].get("__metadata__", {})
+
+
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def tensor_views(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors blob as views into ``data``, every offset and size checked."""
+    header, start = _header(data)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise T2LError(f"adapter tensor {name!r} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        count = math.prod(info["shape"])
+        if end - begin != count * dtype.itemsize or start + end > len(data) or begin < 0:
+            raise T2LError(f"adapter tensor {name!r} does not fit the bytes given")
+        with warnings.catch_warnings():  # bytes are read-only; these tensors are never written
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin) if count else None
+        tensors[name] = (
+            flat.view(info["shape"]) if flat is not None else torch.empty(info["shape"], dtype=dtype)
+        )
+    return tensors

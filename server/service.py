@@ -81,6 +81,7 @@ class Service:
             L1Cache(s.l1_max_adapters, s.l1_max_bytes),
             s.adapter_ttl_s,
             self.metrics,
+            getattr(torch, s.adapter_dtype),
         )
         if not await self.store.ping():
             log.warning("Redis at %s is unreachable: starting degraded (L1 and generation only)", url)

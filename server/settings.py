@@ -15,6 +15,9 @@ class ServerSettings(Settings):
     state_dir: Path = Field(REPO_ROOT / "var", description="embedded Redis socket and data live here")
     redis_url: str | None = Field(None, description="redis://host:port/db; unset = embedded private Redis")
     adapter_ttl_s: int | None = Field(None, gt=0, description="Redis expiry of stored adapters; unset = keep")
+    adapter_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="dtype adapters are kept and stored in (Redis bytes, L1 memory)"
+    )
     l1_max_adapters: int = Field(256, ge=1)
     l1_max_mb: float = Field(512.0, gt=0)
     slots: int = Field(8, ge=1, description="adapter slots resident in the model")

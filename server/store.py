@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import redis.asyncio as aioredis
+import torch
+import xxhash
 from redis.exceptions import RedisError
 
 from hypernet.adapter import LoraAdapter
@@ -30,6 +32,18 @@ KEY = "t2l:adapter:"
 INDEX = "t2l:adapters"
 INVALIDATE = "t2l:invalidate"  # pub/sub channel: ids deleted on one replica, dropped from every L1
 Tier = Literal["l1", "redis"] | None
+
+
+def checksum(data: bytes) -> str:
+    """XXH3-128 of an entry's bytes, prefixed with its name (about 30x faster than SHA-256 here).
+    Entries written before it carry a bare SHA-256 hex digest, which ``verify`` still accepts."""
+    return "xxh3_128:" + xxhash.xxh3_128_hexdigest(data)
+
+
+def verify(data: bytes, recorded: str) -> bool:
+    if recorded.startswith("xxh3_128:"):
+        return checksum(data) == recorded
+    return hashlib.sha256(data).hexdigest() == recorded
 
 
 @dataclass
@@ -97,8 +111,12 @@ class AdapterStore:
         l1: L1Cache,
         ttl_s: int | None = None,
         metrics: Metrics | None = None,
+        dtype: torch.dtype = torch.float16,
     ):
         self.generator, self.redis, self.l1, self.ttl_s = generator, redis, l1, ttl_s
+        # adapters are kept (L1) and stored (Redis) in this dtype from the moment they are made, so every
+        # tier serves the same numbers; fp16 halves the bytes of fp32 (downloads convert on request)
+        self.dtype = dtype
         self.metrics = metrics or Metrics()
         self.checkpoint_id = generator.config.id
         self.fingerprint = generator.config.base.fingerprint
@@ -162,7 +180,7 @@ class AdapterStore:
         data = await asyncio.to_thread(record.adapter.to_bytes)
         fields = {
             "data": data,
-            "checksum": hashlib.sha256(data).hexdigest(),
+            "checksum": checksum(data),
             "description": record.adapter.description,
             "base_fingerprint": self.fingerprint,
             "checkpoint": self.checkpoint_id,
@@ -189,7 +207,7 @@ class AdapterStore:
             return None
         try:
             data = fields[b"data"]
-            if hashlib.sha256(data).hexdigest() != fields[b"checksum"].decode():
+            if not verify(data, fields[b"checksum"].decode()):
                 raise T2LError("checksum mismatch")
             if fields[b"base_fingerprint"].decode() != self.fingerprint:
                 raise T2LError("made for another base")
@@ -233,6 +251,7 @@ class AdapterStore:
                     self.metrics.lookups.labels("redis").inc()
                     return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
                 (adapter,), timings = await asyncio.to_thread(self.generator.generate, [description])
+                adapter = adapter.to(self.dtype)
                 self.generations += 1
                 self.metrics.lookups.labels("generated").inc()
                 self.metrics.generation_seconds.labels("embed").observe(timings.embed_ms / 1000)

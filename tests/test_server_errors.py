@@ -8,7 +8,6 @@ missed adapters once Redis is back) and corrupt Redis entries (discarded and reg
 
 import asyncio
 import dataclasses
-import hashlib
 import time
 
 import httpx
@@ -17,7 +16,7 @@ import redis
 
 from hypernet.adapter import LoraAdapter
 from server.redis_server import EmbeddedRedis
-from server.store import INDEX, KEY
+from server.store import INDEX, KEY, checksum
 from tests.server_harness import free_port, running_server
 
 MATH = "Answer grade-school math word problems, show the steps."
@@ -280,7 +279,7 @@ def test_redis_outage_degrades_then_writes_resume(server_settings, tmp_path):
             direct = redis.Redis.from_url(url)
             wait_for_key(direct, KEY + during["id"])  # /readyz may answer while the watcher still writes
             stored = direct.hgetall(KEY + during["id"])
-            assert stored[b"checksum"].decode() == hashlib.sha256(stored[b"data"]).hexdigest()
+            assert stored[b"checksum"].decode() == checksum(stored[b"data"])
             assert stored[b"description"].decode() == FRENCH
             assert direct.zscore(INDEX, during["id"]) is not None
             assert direct.exists(KEY + before["id"]) and direct.zscore(INDEX, before["id"]) is not None
@@ -329,13 +328,13 @@ def corrupt_shapes(fields: dict) -> dict:
     adapter = LoraAdapter.from_bytes(fields[b"data"])
     narrow = dataclasses.replace(adapter, A={m: a[:, :1] for m, a in adapter.A.items()})
     data = narrow.to_bytes()
-    return {"data": data, "checksum": hashlib.sha256(data).hexdigest()}
+    return {"data": data, "checksum": checksum(data)}
 
 
 def truncate_payload(fields: dict) -> dict:
     """A safetensors header intact but its tensor bytes cut short, with a checksum that matches."""
     data = fields[b"data"][:-64]
-    return {"data": data, "checksum": hashlib.sha256(data).hexdigest()}
+    return {"data": data, "checksum": checksum(data)}
 
 
 @pytest.mark.parametrize("corrupt", [corrupt_checksum, corrupt_fingerprint, corrupt_shapes, truncate_payload])
@@ -354,7 +353,7 @@ def test_a_corrupt_redis_entry_is_discarded_and_regenerated(server_settings, cor
         assert counted == 1  # for /metrics
         fingerprint = second.service.store.fingerprint
     stored = direct.hgetall(KEY + adapter_id)
-    assert stored[b"checksum"].decode() == hashlib.sha256(stored[b"data"]).hexdigest()
+    assert stored[b"checksum"].decode() == checksum(stored[b"data"])
     assert stored[b"base_fingerprint"].decode() == fingerprint
     LoraAdapter.from_bytes(stored[b"data"]).check_shapes()
 

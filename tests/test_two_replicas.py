@@ -1,6 +1,5 @@
 """Two ``t2l serve`` processes on loopback sharing one Redis: the first step of scaling out."""
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.store import INDEX, KEY
+from server.store import INDEX, KEY, checksum
 from tests.server_harness import free_port
 
 pytestmark = pytest.mark.integration
@@ -107,5 +106,5 @@ def test_concurrent_first_requests_on_both_generate_at_most_twice(replicas, clea
         assert time.monotonic() < deadline
         time.sleep(0.05)
     stored = direct.hgetall(KEY + adapter_id)
-    assert stored[b"checksum"].decode() == hashlib.sha256(stored[b"data"]).hexdigest()
+    assert stored[b"checksum"].decode() == checksum(stored[b"data"])
     assert direct.zcard(INDEX) == 1

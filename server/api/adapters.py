@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
@@ -93,10 +94,15 @@ def _archive(folder: Path, name: str, fmt: str) -> bytes:
 
 
 @router.get("/adapters/{adapter_id}/download")
-async def download_adapter(adapter_id: str, svc: Svc, format: Literal["zip", "tar.gz"] = "zip") -> Response:
+async def download_adapter(
+    adapter_id: str,
+    svc: Svc,
+    format: Literal["zip", "tar.gz"] = "zip",
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+) -> Response:
     record, _ = await find(svc, adapter_id)
     with tempfile.TemporaryDirectory() as tmp:
-        record.adapter.save_peft(Path(tmp))
+        record.adapter.save_peft(Path(tmp), getattr(torch, dtype))
         data = _archive(Path(tmp), adapter_id, format)
     media = "application/zip" if format == "zip" else "application/gzip"
     disposition = f'attachment; filename="{adapter_id}.{format}"'
