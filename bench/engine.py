@@ -4,8 +4,10 @@ Decode throughput of the engine (continuous batching, per-row adapters from the 
 8 and 16 distinct adapters at batch 8 and 16, each against plain transformers ``generate`` of the base
 model (no LoRA layers at all) on the same prompts and lengths, measured in the same run and interleaved;
 time to first token of a request arriving while a full batch is decoding, against the same request on
-an idle engine; and adapter activation. Targets (issue 5), 2-core CPU: ≥ 0.92x base throughput with 8
-distinct adapters at batch 8; busy TTFT ≤ 1.5x idle TTFT.
+an idle engine; and adapter activation. PEFT's own mixed-adapter batch (``generate(adapter_names=...)``
+with the same first 8 adapters) is measured beside, as the library a user would otherwise pick.
+Targets (issue 5), 2-core CPU: ≥ 0.92x base throughput with 8 distinct adapters at batch 8; busy TTFT
+≤ 1.5x idle TTFT.
 
     python -m bench.engine [--tokens 32] [--reps 3] [--json OUT]
 """
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import copy
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,6 +84,37 @@ def base_generate(model, tokenizer, prompts: list[list[int]], tokens: int) -> tu
     return time.perf_counter() - start, tokens * len(prompts)
 
 
+def peft_model(model, adapters: list, folder: Path):
+    """The library a user would otherwise pick: PEFT with every adapter loaded under its own name."""
+    from peft import PeftModel
+
+    paths = [adapter.save_peft(folder / f"a{i}") for i, adapter in enumerate(adapters)]
+    peft = PeftModel.from_pretrained(model, str(paths[0]), adapter_name="a0")
+    for i, path in enumerate(paths[1:], start=1):
+        peft.load_adapter(str(path), adapter_name=f"a{i}")
+    return peft.eval()
+
+
+def peft_mixed(peft, tokenizer, prompts: list[list[int]], tokens: int, names: list[str]) -> tuple[float, int]:
+    """PEFT's mixed-adapter batch: ``generate(adapter_names=...)``, one adapter name per row."""
+    longest = max(map(len, prompts))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        peft.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            adapter_names=names,
+        )
+    return time.perf_counter() - start, tokens * len(prompts)
+
+
 async def measure(args: argparse.Namespace) -> dict:
     settings = Settings()
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
@@ -91,6 +125,8 @@ async def measure(args: argparse.Namespace) -> dict:
     adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(16)])
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir)
     plain = copy.deepcopy(model)  # the baseline: transformers as it is, no LoRA wrappers
+    with tempfile.TemporaryDirectory() as tmp:
+        peft = peft_model(copy.deepcopy(model), adapters[:8], Path(tmp))
     bank = SlotBank(generator.config.base, generator.config.hypernet.rank, slots=16)
     engine = Engine(
         model,
@@ -111,12 +147,16 @@ async def measure(args: argparse.Namespace) -> dict:
     }
     await run_jobs(engine, prompts[:8], slots[:8], 4)  # warm up both paths
     base_generate(plain, tokenizer, prompts[:8], 4)
+    peft_mixed(peft, tokenizer, prompts[:8], 4, [f"a{i}" for i in range(8)])
     for batch in (8, 16):
-        base_tps = []
+        base_tps, peft_tps = [], []
         ours: dict[int, list[float]] = {k: [] for k in (1, 4, 8, 16)}
         for _ in range(args.reps):
             seconds, count = base_generate(plain, tokenizer, prompts[:batch], args.tokens)
             base_tps.append(count / seconds)
+            names = [f"a{i % 8}" for i in range(batch)]
+            seconds, count = peft_mixed(peft, tokenizer, prompts[:batch], args.tokens, names)
+            peft_tps.append(count / seconds)
             for k in ours:
                 seconds, count = await run_jobs(
                     engine, prompts[:batch], [slots[i % k] for i in range(batch)], args.tokens
@@ -133,6 +173,10 @@ async def measure(args: argparse.Namespace) -> dict:
             "engine_without_lora": {
                 "tokens_per_s": statistics.median(bare),
                 "ratio": statistics.median(bare) / base,
+            },
+            "peft_mixed_8_adapters": {
+                "tokens_per_s": statistics.median(peft_tps),
+                "ratio": statistics.median(peft_tps) / base,
             },
             **{
                 f"{k}_adapters": {"tokens_per_s": statistics.median(v), "ratio": statistics.median(v) / base}
@@ -176,6 +220,8 @@ def main() -> None:
         print(f"{batch}: plain transformers{row['base_tokens_per_s']:>17.1f}{1:>9.2f}")
         bare = row["engine_without_lora"]
         print(f"{batch}: engine, no adapters{bare['tokens_per_s']:>16.1f}{bare['ratio']:>9.2f}")
+        mixed = row["peft_mixed_8_adapters"]
+        print(f"{batch}: PEFT mixed batch, 8{mixed['tokens_per_s']:>15.1f}{mixed['ratio']:>9.2f}")
         for k in (1, 4, 8, 16):
             r = row[f"{k}_adapters"]
             print(f"{batch}: {k:>2} distinct adapters{r['tokens_per_s']:>16.1f}{r['ratio']:>9.2f}")

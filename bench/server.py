@@ -245,6 +245,38 @@ def interleaved(n: int, a: Callable[[int], float], b: Callable[[int], float]) ->
     return out_a, out_b
 
 
+def peft_by_hand(settings: Settings, texts: list[str]) -> list[float]:
+    """TTFT of what a user writes without our server: generate the adapter with the library, write its
+    PEFT folder, ``load_adapter`` + ``set_adapter`` on a resident PeftModel, then generate to the first
+    token (``max_new_tokens=1``: prefill and one step). In process, no HTTP: a floor for that path."""
+    import torch
+    from peft import PeftModel
+
+    from hypernet.base import load_base
+    from hypernet.chat import chat_ids
+    from hypernet.checkpoint import default_checkpoint
+    from hypernet.generator import AdapterGenerator
+
+    generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir)
+    ids = torch.tensor([chat_ids(tokenizer, [{"role": "user", "content": PROMPT}], generation_prompt=True)])
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (first,), _ = generator.generate(["warm-up adapter"])
+        peft = PeftModel.from_pretrained(model, str(first.save_peft(Path(tmp) / "warm")), adapter_name="warm")
+        for i, text in enumerate(texts):
+            start = time.perf_counter()
+            (adapter,), _ = generator.generate([text])
+            path = adapter.save_peft(Path(tmp) / f"a{i}")
+            peft.load_adapter(str(path), adapter_name=f"a{i}")
+            peft.set_adapter(f"a{i}")
+            with torch.inference_mode():
+                peft.generate(input_ids=ids, max_new_tokens=1, do_sample=False)
+            times.append((time.perf_counter() - start) * 1000)
+            peft.delete_adapter(f"a{i}")  # as a long-running process must, or memory grows per request
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="requests per measurement")
@@ -293,6 +325,7 @@ def main() -> None:
             for text in warm:
                 post_adapter(client, text, "redis")
             rows["redis"] = tier(client, cold, "redis")
+        rows["ttft_peft"] = {"client": peft_by_hand(settings, [f"{t} (by hand)" for t in chat_new])}
     except BaseException:
         if log.exists():
             print(f"server log ({log}), last lines:\n" + "\n".join(log.read_text().splitlines()[-20:]))
@@ -315,6 +348,8 @@ def main() -> None:
     result["ttft_p50_diff_ms"] = new_p50 - base_p50
     result["ttft_p50_ratio"] = new_p50 / base_p50
     result["ttft_new_description_under_load"] = summary(rows["ttft_busy"]["client"])
+    result["ttft_new_adapter_peft_by_hand"] = summary(rows["ttft_peft"]["client"])
+    result["ttft_new_vs_peft_by_hand_p50"] = new_p50 / result["ttft_new_adapter_peft_by_hand"]["p50"]
     result["ttft_under_load_ratio_p50"] = result["ttft_new_description_under_load"]["p50"] / new_p50
     # the same difference per interleaved pair: robust to the drift both members of a pair share
     pairs = [a - b for a, b in zip(rows["ttft_new"]["client"], rows["ttft_base"]["client"], strict=True)]
@@ -361,6 +396,7 @@ def main() -> None:
             f"  same, {args.load} streams busy",
             f"<= {TARGET_LOAD_RATIO}x idle",
         ),
+        "ttft_new_adapter_peft_by_hand": ("PEFT by hand, new adapter", "(peer, in process)"),
     }
     met = {
         "adapters_cold": result["met"]["adapters_cold_p50"],
