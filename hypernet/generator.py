@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from hypernet.adapter import LoraAdapter
+from hypernet.blend import Blend, mix_embeddings, mix_weights
 from hypernet.checkpoint import CheckpointConfig, EmbedderSpec, load_checkpoint, read_config
 from hypernet.embed import Embedder, normalize_description
 from hypernet.model import HyperLoRA
@@ -51,18 +52,51 @@ class AdapterGenerator:
         start = time.perf_counter()
         embedding = self.embedder.embed(descriptions)
         embedded = time.perf_counter()
-        A, B = self.model(embedding.vectors)
+        return self._adapters(descriptions, embedding.vectors, embedding.truncated, start, embedded)
+
+    @torch.inference_mode()
+    def generate_blend(self, blend: Blend) -> tuple[LoraAdapter, Timings]:
+        """One adapter for a blend (``hypernet.blend``): its embeddings mixed then one hypernetwork pass,
+        or each part's adapter made then their weight updates mixed exactly."""
+        start = time.perf_counter()
+        embedding = self.embedder.embed(blend.texts)
+        embedded = time.perf_counter()
+        label = blend.label()
+        if blend.mode == "embedding":
+            vectors = mix_embeddings(embedding.vectors, blend.weights)
+            (adapter,), timings = self._adapters(
+                [label], vectors, [any(embedding.truncated)], start, embedded
+            )
+        else:
+            parts, timings = self._adapters(
+                blend.texts, embedding.vectors, embedding.truncated, start, embedded
+            )
+            adapter = mix_weights(parts, blend.weights, label)
+            adapter.metadata["description_truncated"] = str(any(embedding.truncated)).lower()
+        adapter.description = label
+        adapter.metadata["blend"] = blend.key()
+        return adapter, timings
+
+    def _adapters(
+        self,
+        descriptions: list[str],
+        vectors: torch.Tensor,
+        truncated: list[bool],
+        start: float,
+        embedded: float,
+    ) -> tuple[list[LoraAdapter], Timings]:
+        A, B = self.model(vectors)
         done = time.perf_counter()
         hyper, many = self.config.hypernet, len(descriptions) > 1
         adapters = []
-        for row, (text, truncated) in enumerate(zip(descriptions, embedding.truncated, strict=True)):
+        for row, (text, cut) in enumerate(zip(descriptions, truncated, strict=True)):
             metadata = {
                 "checkpoint": self.config.id,
                 "checkpoint_status": self.config.status,
                 "checkpoint_trained": str(self.config.trained).lower(),
                 "base_fingerprint": self.config.base.fingerprint,
                 "embedder": self.embedder.name,
-                "description_truncated": str(truncated).lower(),
+                "description_truncated": str(cut).lower(),
             }
             adapters.append(
                 LoraAdapter(

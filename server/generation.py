@@ -62,6 +62,14 @@ class LocalBackend:
 
     async def submit(self, chat: ChatInput) -> LocalGeneration:
         record = chat.record
+        if record and record.adapter.rank > self.bank.rank:
+            raise APIError(
+                422,
+                f"adapter {record.id} has rank {record.adapter.rank}; this server's slots hold rank "
+                f"{self.bank.rank} (T2L_SLOT_RANK): download it, or blend in embedding mode",
+                "model",
+                "rank_too_large",
+            )
         slot = await self.bank.acquire(record.id, record.adapter) if record else EMPTY
         job = Job(chat.prompt, slot, chat.sampling, asyncio.get_running_loop())
         try:

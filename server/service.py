@@ -98,7 +98,10 @@ class Service:
         check_compatible(
             config, self.checkpoint_path, base=spec_of(model, s.base_model, list(config.base.modules))
         )
-        self.bank = SlotBank(config.base, config.hypernet.rank, s.slots, device, metrics=self.metrics)
+        rank = s.slot_rank or config.hypernet.rank
+        if rank < config.hypernet.rank:
+            raise T2LError(f"T2L_SLOT_RANK={rank} is below the checkpoint's rank {config.hypernet.rank}")
+        self.bank = SlotBank(config.base, rank, s.slots, device, metrics=self.metrics)
         self.engine = Engine(
             model,
             self.tokenizer,

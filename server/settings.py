@@ -21,6 +21,11 @@ class ServerSettings(Settings):
     l1_max_adapters: int = Field(256, ge=1)
     l1_max_mb: float = Field(512.0, gt=0)
     slots: int = Field(8, ge=1, description="adapter slots resident in the model")
+    slot_rank: int | None = Field(
+        None,
+        ge=1,
+        description="rank a slot holds; unset = the checkpoint's (a weights blend of k needs k x r)",
+    )
     max_batch: int = Field(8, ge=1, description="sequences decoded together")
     batch_window_ms: float = Field(5.0, ge=0, description="how long a new batch waits for company")
     max_queue: int = Field(64, ge=1, description="queued requests before 429")

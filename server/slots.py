@@ -43,7 +43,7 @@ class SlotBank:
         dtype=torch.float32,
         metrics: Metrics | None = None,
     ):
-        self.size = slots
+        self.size, self.rank = slots, rank
         self.metrics = metrics or Metrics()
         layers = base.num_layers
         # zero_() writes every page now, so the first activation of a slot pays no page faults
@@ -69,10 +69,15 @@ class SlotBank:
         return min(free, key=lambda i: (self.owner[i] is not None, self.last_used[i])) if free else None
 
     def _copy_in(self, slot: int, adapter: LoraAdapter) -> None:
+        """Copy an adapter of rank r <= the bank's rank into the first r ranks; zero the rest (exact)."""
         start = time.perf_counter()
+        r = adapter.rank
         for m in self.A:
-            _copy(self.A[m][slot], adapter.A[m])
-            _copy(self.B[m][slot], adapter.B[m])
+            _copy(self.A[m][slot, :, :r], adapter.A[m])
+            _copy(self.B[m][slot, :, :, :r], adapter.B[m])
+            if r < self.rank:
+                self.A[m][slot, :, r:].zero_()
+                self.B[m][slot, :, :, r:].zero_()
         self.activations_ms.append((time.perf_counter() - start) * 1000)
 
     async def acquire(self, adapter_id: str, adapter: LoraAdapter) -> int:

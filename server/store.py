@@ -22,9 +22,10 @@ import xxhash
 from redis.exceptions import RedisError
 
 from hypernet.adapter import LoraAdapter
+from hypernet.blend import Blend
 from hypernet.embed import normalize_description
 from hypernet.errors import T2LError
-from hypernet.generator import AdapterGenerator
+from hypernet.generator import AdapterGenerator, Timings
 from server.metrics import Metrics
 
 log = logging.getLogger("t2l.store")
@@ -128,10 +129,19 @@ class AdapterStore:
         self.metrics.redis_up.set_function(lambda: 0 if self.degraded or self.redis is None else 1)
         self.metrics.redis_backlog.set_function(lambda: len(self._unsynced))
 
-    def adapter_id(self, description: str) -> str:
-        text = normalize_description(description)
+    def adapter_id(self, spec: str | Blend) -> str:
+        """Content hash of the normalised description (or blend), checkpoint id and base fingerprint."""
+        if isinstance(spec, Blend) and spec.single is not None:
+            spec = spec.single  # a blend of one description is that description
+        text = f"blend:{spec.key()}" if isinstance(spec, Blend) else normalize_description(spec)
         key = f"{text}\0{self.checkpoint_id}\0{self.fingerprint}".encode()
         return "t2l-" + hashlib.sha256(key).hexdigest()[:32]
+
+    def _generate(self, spec: str | Blend) -> tuple[LoraAdapter, Timings]:
+        if isinstance(spec, Blend) and spec.single is None:
+            return self.generator.generate_blend(spec)
+        (adapter,), timings = self.generator.generate([spec.single if isinstance(spec, Blend) else spec])
+        return adapter, timings
 
     # ---- Redis, every call guarded: an outage degrades the store, never fails a request
 
@@ -216,7 +226,7 @@ class AdapterStore:
             adapter = LoraAdapter.from_bytes(data)
             if (
                 adapter.base.fingerprint != self.fingerprint
-                or adapter.rank != self.generator.config.hypernet.rank
+                or adapter.rank % self.generator.config.hypernet.rank  # blends by weights: k x r
             ):
                 raise T2LError("tensors made for another base or rank")
             return Record(adapter_id, adapter, int(fields[b"created"]))
@@ -229,10 +239,10 @@ class AdapterStore:
 
     # ---- the public API
 
-    async def get_or_create(self, description: str) -> Lookup:
-        """The adapter for ``description``, from the fastest tier that has it."""
+    async def get_or_create(self, spec: str | Blend) -> Lookup:
+        """The adapter for a description (or a blend of them), from the fastest tier that has it."""
         start = time.perf_counter()
-        adapter_id = self.adapter_id(description)
+        adapter_id = self.adapter_id(spec)
         record = self.l1.get(adapter_id)
         if record is not None:
             self.metrics.lookups.labels("l1").inc()
@@ -250,7 +260,7 @@ class AdapterStore:
                     self.l1.put(record)
                     self.metrics.lookups.labels("redis").inc()
                     return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
-                (adapter,), timings = await asyncio.to_thread(self.generator.generate, [description])
+                adapter, timings = await asyncio.to_thread(self._generate, spec)
                 adapter = adapter.to(self.dtype)
                 self.generations += 1
                 self.metrics.lookups.labels("generated").inc()

@@ -11,7 +11,7 @@ import torch
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from server.api.deps import check_description, service
+from server.api.deps import adapter_spec, service
 from server.api.protocol import AdapterCreate, AdapterList, AdapterObject, AdapterTimings, Deleted
 from server.errors import APIError
 from server.service import Service
@@ -48,8 +48,9 @@ async def find(svc: Service, adapter_id: str) -> tuple[Record, Tier]:
 
 @router.post("/adapters", response_model=AdapterObject)
 async def create_adapter(body: AdapterCreate, svc: Svc) -> AdapterObject:
-    check_description(svc, body.description, "description")
-    lookup = await svc.store.get_or_create(body.description)
+    param = "description" if body.blend is None else "blend"
+    spec = adapter_spec(svc, body.description, body.blend, body.mode, param)
+    lookup = await svc.store.get_or_create(spec)
     return adapter_object(svc, lookup.record, lookup.cached, lookup.timings_ms)
 
 

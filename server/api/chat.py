@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from hypernet.chat import chat_ids
-from server.api.deps import check_description, service
+from server.api.deps import adapter_spec, service
 from server.api.protocol import (
     AdapterRef,
     AssistantMessage,
@@ -45,8 +45,14 @@ async def resolve_adapter(svc: Service, req: ChatRequest) -> tuple[Record | None
                 "model",
                 "conflict",
             )
-        check_description(svc, req.task_description, "task_description")
-        lookup = await svc.store.get_or_create(req.task_description)
+        task = req.task_description
+        if isinstance(task, str):
+            spec = adapter_spec(svc, task, None, "embedding", "task_description")
+        elif isinstance(task, list):
+            spec = adapter_spec(svc, None, task, "embedding", "task_description")
+        else:
+            spec = adapter_spec(svc, None, task.blend, task.mode, "task_description.blend")
+        lookup = await svc.store.get_or_create(spec)
         return lookup.record, AdapterRef(id=lookup.record.id, cached=lookup.cached or False)
     if req.model == svc.base_name:
         return None, None

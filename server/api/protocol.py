@@ -2,11 +2,35 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BlendPart(BaseModel):
+    description: str = Field(description="one task of the mix")
+    weight: float = Field(ge=0, allow_inf_nan=False, description="its share; weights are normalised to sum 1")
+
+
+class BlendSpec(BaseModel):
+    blend: list[BlendPart] = Field(min_length=1, max_length=8)
+    mode: Literal["embedding", "weights"] = Field(
+        "embedding",
+        description="embedding: mix the embeddings, one hypernetwork pass, rank r; weights: the exact "
+        "mix of the weight updates at rank k x r",
+    )
 
 
 class AdapterCreate(BaseModel):
-    description: str = Field(description="plain-language description of the task")
+    description: str | None = Field(None, description="plain-language description of the task")
+    blend: list[BlendPart] | None = Field(
+        None, min_length=1, max_length=8, description="instead of description: a weighted mix of tasks"
+    )
+    mode: Literal["embedding", "weights"] = Field("embedding", description="how a blend is mixed")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AdapterCreate":
+        if (self.description is None) == (self.blend is None):
+            raise ValueError("give exactly one of description and blend")
+        return self
 
 
 class AdapterTimings(BaseModel):
@@ -66,7 +90,11 @@ class ChatRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    task_description: str | None = Field(None, description="generate (or reuse) an adapter for this task")
+    task_description: str | list[BlendPart] | BlendSpec | None = Field(
+        None,
+        description="generate (or reuse) an adapter for this task; a list of {description, weight} (or "
+        "{blend, mode}) blends tasks",
+    )
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
