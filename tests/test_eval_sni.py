@@ -126,3 +126,25 @@ def test_rows_batched_across_tasks_answer_as_one_at_a_time(tiny_chat_base, tiny_
         for condition in ("base", "t2l"):
             together, alone = (r["tasks"][task.name][condition]["predictions"] for r in runs)
             assert together == alone
+
+
+def test_blend_evaluation_scores_each_adapter_on_both_tasks(tiny_chat_base, tiny_chat_checkpoint, embedder):
+    from hypernet.eval.blend import evaluate_blend, markdown
+
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    generator = AdapterGenerator.load(tiny_chat_checkpoint, embedder=embedder)
+    upper, reverse = toy_tasks()[:2]
+    result = evaluate_blend(
+        model, tokenizer, generator, upper, reverse, EvalConfig(examples=3, max_new_tokens=4)
+    )
+    assert list(result["rougeL"]) == ["A", "B", "blend (embedding)", "blend (weights)"]
+    for adapter, per_task in result["per_example"].items():
+        for task, scores in per_task.items():
+            assert len(scores) == 3 and result["rougeL"][adapter][task] == pytest.approx(sum(scores) / 3)
+    for key, inside in result["between"].items():
+        blend, task = key.split(" on ")
+        low, high = sorted((result["rougeL"]["A"][task], result["rougeL"]["B"][task]))
+        assert inside == (low <= result["rougeL"][blend][task] <= high)
+    gap = result["rougeL"]["blend (weights)"]["upper"] - result["rougeL"]["A"]["upper"]
+    assert result["paired"]["blend (weights) - A on upper"]["difference"] == pytest.approx(gap)
+    assert markdown(result).startswith("| adapter | ROUGE-L on A (upper) | ROUGE-L on B (reverse) |")

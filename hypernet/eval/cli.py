@@ -1,6 +1,7 @@
 """``t2l eval sni``: score a checkpoint on the held-out SNI tasks under every condition."""
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from hypernet.checkpoint import check_compatible, default_checkpoint
 from hypernet.data.choice import KNOWN, benchmark_descriptions, load_questions
 from hypernet.data.sni import load_tasks, sample_tasks
 from hypernet.errors import T2LError
+from hypernet.eval.blend import evaluate_blend
+from hypernet.eval.blend import markdown as blend_markdown
 from hypernet.eval.choice import CONDITIONS as CHOICE
 from hypernet.eval.choice import evaluate_choice
 from hypernet.eval.generative import BENCHMARKS, evaluate_generative, load_problems
@@ -69,6 +72,22 @@ def cmd_eval_sni(args: argparse.Namespace, settings: Settings) -> None:
     _report(result, args)
 
 
+def cmd_eval_blend(args: argparse.Namespace, settings: Settings) -> None:
+    generator, model, tokenizer = _models(args, settings)
+    tasks = {t.name: t for t in load_tasks(settings.data_dir, args.split)}
+    missing = [name for name in args.tasks if name not in tasks]
+    if missing:
+        raise T2LError(f"no task {missing[0]!r} in the {args.split} split of {settings.data_dir / 'sni'}")
+    cfg = EvalConfig(args.examples, 1, args.max_new_tokens, args.batch_size, args.seed)
+    result = evaluate_blend(model, tokenizer, generator, tasks[args.tasks[0]], tasks[args.tasks[1]], cfg)
+    result["command"] = args.command_line
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "result.md").write_text(blend_markdown(result))
+    print(blend_markdown(result), end="")
+    print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}")
+
+
 def add_eval(sub: Any) -> None:
     evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(
         dest="benchmark", required=True
@@ -92,6 +111,17 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", action="append", help="NAME=PEFT_FOLDER: also score this fixed adapter")
     p.set_defaults(run=cmd_eval_sni)
+
+    p = evals.add_parser("blend", help="two SNI tasks under each one's adapter and their even blends")
+    p.add_argument("--tasks", nargs=2, required=True, metavar="TASK", help="the two SNI task names")
+    p.add_argument("--split", default="eval", choices=["eval", "train-test", "val-test"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--examples", type=int, default=30, help="examples per task (at most what it has)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_eval_blend)
 
     p = evals.add_parser("mc", help="multiple choice by option log-likelihood (ARC, BoolQ, OBQA, or a JSONL)")
     p.add_argument(
