@@ -7,9 +7,19 @@ STAMP := $(VENV)/.installed-stamp
 BASE := checkpoints/base/smollm2-135m-instruct/config.json
 UNTRAINED := checkpoints/untrained-smollm2-135m/config.json
 
-.PHONY: setup serve test lint bench train-gpu clean-venv vllm serve-vllm
+.PHONY: setup serve test lint bench train-gpu clean-venv vllm serve-vllm browser
 
-setup: $(STAMP) $(BASE) $(UNTRAINED)
+setup: $(STAMP) $(BASE) $(UNTRAINED) browser
+
+# Headless Chromium for the playground's browser tests: Debian's packages, where missing and installable.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium/chromedriver missing and not installable here (needs root and apt-get): browser tests will skip"; \
+	  fi; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -4,10 +4,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from hypernet.errors import T2LError
 from server import errors
-from server.api import adapters, chat, health, metrics, models
+from server.api import adapters, chat, health, metrics, models, playground
 from server.auth import ApiKeyMiddleware
 from server.limits import BodyLimitMiddleware, RateLimitMiddleware
 from server.metrics import Metrics, MetricsMiddleware
@@ -46,6 +47,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit)
     app.add_middleware(ApiKeyMiddleware, keys=settings.all_api_keys(), metrics_public=settings.metrics_public)
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)
-    for router in (adapters.router, chat.router, models.router, health.router, metrics.router):
+    for router in (
+        adapters.router,
+        chat.router,
+        models.router,
+        health.router,
+        metrics.router,
+        playground.router,
+    ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
+    app.state.auth = bool(settings.all_api_keys())
     return app
