@@ -90,6 +90,10 @@ class Trainer:
         """What the exported result records about its training, beyond the loop's settings."""
         return {}
 
+    def diagnostics(self) -> dict:
+        """More validation figures to log beside ``val_loss`` (never used to select a model)."""
+        return {}
+
     # ---- shared machinery
 
     def _lr_factor(self, step: int) -> float:
@@ -201,7 +205,7 @@ class Trainer:
         last: dict = {}
         if self.step == 0 and self.rank == 0:  # the curve's start: an untrained hypernetwork is the base
             with log.open("a") as f:
-                f.write(json.dumps({"step": 0, "val_loss": self.validate()}) + "\n")
+                f.write(json.dumps({"step": 0, "val_loss": self.validate(), **self.diagnostics()}) + "\n")
         bar = tqdm(
             total=self.cfg.steps, initial=self.step, desc="sft", dynamic_ncols=True, disable=self.rank > 0
         )
@@ -221,6 +225,7 @@ class Trainer:
                 continue  # one process validates, logs and saves
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 last["val_loss"] = self.validate()
+                last.update(self.diagnostics())
                 if last["val_loss"] < self.best_val:
                     self._export_best(last["val_loss"])
             with log.open("a") as f:

@@ -234,15 +234,39 @@ class SFTTrainer(Trainer):
 
         return self.base.get_input_embeddings().register_forward_hook(add_noise)
 
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Loss on the validation tasks (never trained on); descriptions and examples fixed for the run."""
-        self.hypernet.eval()
+    def _val_set(self) -> list[tuple[str, list[dict]]]:
+        """Each validation task's description and examples, fixed for the run."""
         rng = random.Random(self.cfg.seed + 1)
-        losses = []
+        chosen = []
         for task in self.val_tasks:
             description = task.descriptions[rng.randrange(len(task.descriptions))]
-            examples = rng.sample(task.instances, min(self.cfg.val_examples, len(task.instances)))
+            chosen.append(
+                (description, rng.sample(task.instances, min(self.cfg.val_examples, len(task.instances))))
+            )
+        return chosen
+
+    @torch.no_grad()
+    def _val_losses(self, shift: int) -> list[float]:
+        """Mean token loss per validation task, each under the description of the task ``shift`` on."""
+        self.hypernet.eval()
+        chosen = self._val_set()
+        losses = []
+        for i, (_, examples) in enumerate(chosen):
+            description = chosen[(i + shift) % len(chosen)][0]
             summed, count = self.loss(self._collate(self._embed([description]), [examples]))
             losses.append(summed.item() / count)
+        return losses
+
+    def validate(self) -> float:
+        """Loss on the validation tasks (never trained on), each under its own description."""
+        losses = self._val_losses(0)
         return sum(losses) / len(losses) if losses else float("nan")
+
+    def diagnostics(self) -> dict:
+        """How much the description matters on unseen tasks: the validation loss when each task gets the
+        next validation task's description, minus the loss under its own (0 for a fixed LoRA)."""
+        if not self.reads_descriptions or len(self.val_tasks) < 2:
+            return {}
+        matched, mismatched = self._val_losses(0), self._val_losses(1)
+        gap = sum(m - o for m, o in zip(mismatched, matched, strict=True)) / len(matched)
+        return {"val_mismatch_gap": gap}
