@@ -166,3 +166,37 @@ def test_export_of_a_lora_baseline_keeps_its_provenance_in_half_precision(
     assert provenance == training
     for m, b in trained.B.items():
         assert torch.allclose(back.B[m], b, atol=1e-2) and back.B[m].dtype == torch.float32
+
+
+def test_train_sft_validate_only_prints_the_checkpoints_validation_figures(
+    capsys, monkeypatch, tiny_chat_base, tiny_chat_checkpoint, tmp_path
+):
+    from tests.test_sni_protocol import write_data
+
+    data = write_data(tmp_path / "data")
+    splits = json.loads((data / "sni" / "splits.json").read_text())
+    (data / "sni" / "tasks" / "w.json").write_text(
+        (data / "sni" / "tasks" / "v.json").read_text().replace("v ", "w ")
+    )
+    splits["val"] = ["v", "w"]
+    (data / "sni" / "splits.json").write_text(json.dumps(splits))
+    monkeypatch.setenv("T2L_DATA_DIR", str(data))
+    monkeypatch.setenv("T2L_BASE_MODEL", str(tiny_chat_base))
+    monkeypatch.setenv("T2L_CACHE_DIR", str(tmp_path / "cache"))
+    out_dir = tmp_path / "run"
+    code, out, _ = run(
+        capsys,
+        "train",
+        "sft",
+        "--out",
+        out_dir,
+        "--init",
+        tiny_chat_checkpoint,
+        "--validate-only",
+        "--max-len",
+        64,
+    )
+    assert code == 0
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert set(figures) == {"checkpoint", "val_loss", "val_mismatch_gap"} and figures["val_loss"] > 0
+    assert not (out_dir / "state").exists()  # nothing trained or written

@@ -1,6 +1,7 @@
 """``t2l train sft`` and ``t2l train lora``: wiring settings, models and data into the trainer."""
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -125,7 +126,15 @@ def cmd_train_recon(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
-    _run(_trainer(args, settings, lora=False), "checkpoint")
+    trainer = _trainer(args, settings, lora=False)
+    if args.validate_only:  # the starting checkpoint's validation figures, nothing trained or written
+        print(
+            json.dumps(
+                {"checkpoint": trainer.config.id, "val_loss": trainer.validate(), **trainer.diagnostics()}
+            )
+        )
+        return
+    _run(trainer, "checkpoint")
 
 
 def cmd_train_lora(args: argparse.Namespace, settings: Settings) -> None:
@@ -149,6 +158,9 @@ def add_train(sub: Any) -> None:
     )
     p = train.add_parser("sft", help="SFT through the frozen base on the SNI training tasks (resumable)")
     _options(p, SFTConfig)
+    p.add_argument(
+        "--validate-only", action="store_true", help="print --init's val_loss and val_mismatch_gap, then exit"
+    )
     p.set_defaults(run=cmd_train_sft)
     p = train.add_parser(
         "lora", help="a multi-task LoRA on the same data and budget, or --task for an oracle"
