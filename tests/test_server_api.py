@@ -272,9 +272,10 @@ def test_a_request_joins_a_running_batch_and_gets_the_tokens_it_gets_alone(serve
         httpx.post(f"{server.url}/v1/adapters", json={"description": FRENCH})
 
         async def busy() -> tuple[str, bool]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
                 long_run = asyncio.create_task(client.post("/v1/chat/completions", json=long_body))
-                await asyncio.sleep(0.5)
+                while server.service.engine.batches == prefills:  # the long one is prefilled, decoding
+                    await asyncio.sleep(0.01)
                 short = await client.post("/v1/chat/completions", json=short_body)
                 joined_mid_flight = not long_run.done()
                 await long_run
