@@ -50,9 +50,15 @@ def test_the_baseline_trained_on_the_same_budget_ships_beside_it():
     assert any(b.abs().sum() > 0 for b in adapter.B.values())
     training = json.loads((BASELINE / "training.json").read_text())
     assert training["status"] == "multi-task-lora"
-    # the same sampler, batches and schedule; each side's step picked by its own validation loss
-    assert training["settings"] == shipped.training["settings"]
+    # the same sampler and batches; each side's step picked by its own validation loss (the T2L run went
+    # on from these weights; the baseline's own continuation, on the same batches, never beat its start)
+    sampler = ("tasks_per_step", "examples_per_task", "grad_accum", "max_len", "val_examples")
+    regularisers = ("label_smoothing", "neftune_alpha", "l2_generated")
+    for key in (*sampler, *regularisers):
+        assert training["settings"][key] == shipped.training["settings"][key], key
     assert training["selected"] == shipped.training["selected"] == "lowest validation loss"
+    first_run = shipped.training["continues"]
+    assert first_run["settings"] == training["settings"] and first_run["steps"] == training["steps"]
 
 
 def test_the_server_says_its_default_checkpoint_is_trained(clean_redis, tmp_path):
