@@ -101,7 +101,8 @@ def test_blends_over_http(server_settings):
             ({"blend": [{"description": SUMMARY, "weight": -1}]}, "blend.0.weight"),
             ({"blend": [{"description": SUMMARY, "weight": 0}]}, "blend"),
             ({"blend": [{"description": "  ", "weight": 1}]}, "blend[0].description"),
-            ({"description": SUMMARY, "blend": even}, None),
+            ({"description": SUMMARY, "blend": even}, "blend"),
+            ({}, "description"),
             ({"blend": even, "mode": "lerp"}, "mode"),
         ]:
             answer = post(server, **bad)

@@ -48,6 +48,10 @@ async def find(svc: Service, adapter_id: str) -> tuple[Record, Tier]:
 
 @router.post("/adapters", response_model=AdapterObject)
 async def create_adapter(body: AdapterCreate, svc: Svc) -> AdapterObject:
+    if body.description is None and body.blend is None:
+        raise APIError(422, "description: field required (or give a blend)", "description", "missing")
+    if body.description is not None and body.blend is not None:
+        raise APIError(422, "give a description or a blend, not both", "blend", "conflict")
     param = "description" if body.blend is None else "blend"
     spec = adapter_spec(svc, body.description, body.blend, body.mode, param)
     lookup = await svc.store.get_or_create(spec)

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class BlendPart(BaseModel):
@@ -25,12 +25,6 @@ class AdapterCreate(BaseModel):
         None, min_length=1, max_length=8, description="instead of description: a weighted mix of tasks"
     )
     mode: Literal["embedding", "weights"] = Field("embedding", description="how a blend is mixed")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "AdapterCreate":
-        if (self.description is None) == (self.blend is None):
-            raise ValueError("give exactly one of description and blend")
-        return self
 
 
 class AdapterTimings(BaseModel):
