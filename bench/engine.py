@@ -66,7 +66,9 @@ async def ttft(engine: Engine, prompt: list[int], slot: int) -> float:
     return first if first is not None else time.perf_counter() - start
 
 
-def base_generate(model, tokenizer, prompts: list[list[int]], tokens: int) -> tuple[float, int]:
+def base_generate(model, tokenizer, prompts: list[list[int]], tokens: int, **extra) -> tuple[float, int]:
+    """Greedy ``generate`` of exactly ``tokens`` per row, left-padded; ``extra`` goes to ``generate``
+    (PEFT's mixed-adapter batch passes ``adapter_names``, one per row)."""
     longest = max(map(len, prompts))
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
@@ -80,6 +82,7 @@ def base_generate(model, tokenizer, prompts: list[list[int]], tokens: int) -> tu
             min_new_tokens=tokens,
             do_sample=False,
             pad_token_id=pad,
+            **extra,
         )
     return time.perf_counter() - start, tokens * len(prompts)
 
@@ -93,26 +96,6 @@ def peft_model(model, adapters: list, folder: Path):
     for i, path in enumerate(paths[1:], start=1):
         peft.load_adapter(str(path), adapter_name=f"a{i}")
     return peft.eval()
-
-
-def peft_mixed(peft, tokenizer, prompts: list[list[int]], tokens: int, names: list[str]) -> tuple[float, int]:
-    """PEFT's mixed-adapter batch: ``generate(adapter_names=...)``, one adapter name per row."""
-    longest = max(map(len, prompts))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
-    start = time.perf_counter()
-    with torch.inference_mode():
-        peft.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            adapter_names=names,
-        )
-    return time.perf_counter() - start, tokens * len(prompts)
 
 
 async def measure(args: argparse.Namespace) -> dict:
@@ -147,7 +130,7 @@ async def measure(args: argparse.Namespace) -> dict:
     }
     await run_jobs(engine, prompts[:8], slots[:8], 4)  # warm up both paths
     base_generate(plain, tokenizer, prompts[:8], 4)
-    peft_mixed(peft, tokenizer, prompts[:8], 4, [f"a{i}" for i in range(8)])
+    base_generate(peft, tokenizer, prompts[:8], 4, adapter_names=[f"a{i}" for i in range(8)])
     for batch in (8, 16):
         base_tps, peft_tps = [], []
         ours: dict[int, list[float]] = {k: [] for k in (1, 4, 8, 16)}
@@ -155,7 +138,7 @@ async def measure(args: argparse.Namespace) -> dict:
             seconds, count = base_generate(plain, tokenizer, prompts[:batch], args.tokens)
             base_tps.append(count / seconds)
             names = [f"a{i % 8}" for i in range(batch)]
-            seconds, count = peft_mixed(peft, tokenizer, prompts[:batch], args.tokens, names)
+            seconds, count = base_generate(peft, tokenizer, prompts[:batch], args.tokens, adapter_names=names)
             peft_tps.append(count / seconds)
             for k in ours:
                 seconds, count = await run_jobs(

@@ -89,11 +89,10 @@ def load_base(
     source, extra = _gguf_parts(resolve_base(name, checkpoints_dir))
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except (OSError, ValueError) as err:
         raise _load_error("base model", name, err) from err
     model.requires_grad_(False)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), load_tokenizer(name, checkpoints_dir)
 
 
 def load_tokenizer(name: str, checkpoints_dir: Path) -> AutoTokenizer:

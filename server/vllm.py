@@ -101,12 +101,11 @@ class VLLMGeneration:
         self,
         server: VLLMServer,
         response: httpx.Response,
-        adapter_id: str | None,
         chat: ChatInput,
         metrics: Metrics,
         on_close,
     ):
-        self.server, self.response, self.adapter_id = server, response, adapter_id
+        self.server, self.response = server, response
         self.chat, self.metrics, self._on_close = chat, metrics, on_close
         self.events: asyncio.Queue = asyncio.Queue()
         self._closed = False
@@ -277,7 +276,7 @@ class VLLMBackend:
         except BaseException:
             release()
             raise
-        return VLLMGeneration(server, response, record.id if record else None, chat, self.metrics, release)
+        return VLLMGeneration(server, response, chat, self.metrics, release)
 
     async def _open(self, server: VLLMServer, record: Record | None, body: dict) -> httpx.Response:
         for attempt in (0, 1):
