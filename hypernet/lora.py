@@ -40,7 +40,12 @@ class BatchedLoraLinear(nn.Module):
         h = x[:, None] if x.dim() == 2 else x  # [batch, in] is one token per row
         if self.rows is not None:  # rows without an adapter skip the low-rank product
             h = h.index_select(0, self.rows)
-        delta = self.scaling * ((h @ A.transpose(-1, -2)) @ B.transpose(-1, -2))
+        low = h @ A.transpose(-1, -2)  # [rows, tokens, r]
+        if self.rows is None and B.shape[0] == low.shape[0]:
+            # y + s * low @ B^T as one fused kernel: no separate scale and add over the output
+            out = y[:, None] if x.dim() == 2 else y
+            return torch.baddbmm(out, low, B.transpose(-1, -2), alpha=self.scaling).view_as(y)
+        delta = self.scaling * (low @ B.transpose(-1, -2))
         if x.dim() == 2:
             delta = delta[:, 0]
         return y + delta if self.rows is None else y.index_add(0, self.rows, delta)

@@ -91,10 +91,13 @@ class RowState:
         seed = job.sampling.seed if job.sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def greedy(self) -> bool:
+        return self.job.sampling.temperature <= 0
+
     def sample(self, logits: torch.Tensor) -> int:
+        """A token drawn with this row's temperature, top-p and generator (greedy rows never get here)."""
         s = self.job.sampling
-        if s.temperature <= 0:
-            return int(logits.argmax())
         probs = torch.softmax(logits.float() / s.temperature, dim=-1)
         if s.top_p < 1:
             sorted_probs, order = probs.sort(descending=True)
@@ -137,6 +140,21 @@ class RowState:
         generated = len(self.tokens) + (count is not None)
         self.job.emit(Finished(reason, len(self.job.prompt), generated))
         self.done = True
+
+
+def sample_rows(rows: list[RowState], logits: torch.Tensor) -> list[int]:
+    """Each row's next token: the greedy rows with one argmax over all of them, the sampling rows each
+    with its own generator (so a seed gives the same text whatever else is in the batch)."""
+    tokens = [0] * len(rows)
+    greedy = [i for i, row in enumerate(rows) if row.greedy]
+    if greedy:
+        chosen = logits if len(greedy) == len(rows) else logits[greedy]
+        for i, token in zip(greedy, chosen.argmax(-1).tolist(), strict=True):
+            tokens[i] = token
+    for i, row in enumerate(rows):
+        if not row.greedy:
+            tokens[i] = row.sample(logits[i])
+    return tokens
 
 
 class Batch:
@@ -321,10 +339,10 @@ class Engine:
             ).logits[:, -1]
         finally:
             self.layers.clear()
-        pending = torch.tensor([row.sample(logits[i]) for i, row in enumerate(rows)], device=self.device)
-        for row, token in zip(rows, pending.tolist(), strict=True):
+        tokens = sample_rows(rows, logits)
+        for row, token in zip(rows, tokens, strict=True):
             row.push(token)
-        return Batch(rows, cache, mask, positions[:, -1] + 1, pending)
+        return Batch(rows, cache, mask, positions[:, -1] + 1, torch.tensor(tokens, device=self.device))
 
     def _step(self, batch: Batch) -> Batch | None:
         """Drop finished rows, then decode one token for every remaining row."""
@@ -346,7 +364,7 @@ class Engine:
         finally:
             self.layers.clear()
         batch.position = batch.position + 1
-        tokens = [row.sample(logits[i]) for i, row in enumerate(batch.rows)]
+        tokens = sample_rows(batch.rows, logits)
         for row, token in zip(batch.rows, tokens, strict=True):
             row.push(token)
         batch.pending = torch.tensor(tokens, device=self.device)

@@ -93,7 +93,7 @@ class Service:
         """Our engine: the base model resident here, its target linears wrapped for per-row LoRA."""
         s, config = self.settings, self.checkpoint
         model, self.tokenizer = await asyncio.to_thread(
-            load_base, s.base_model, s.checkpoints_dir, torch.float32, device
+            load_base, s.base_model, s.checkpoints_dir, getattr(torch, s.base_dtype), device
         )
         check_compatible(
             config, self.checkpoint_path, base=spec_of(model, s.base_model, list(config.base.modules))
@@ -101,7 +101,7 @@ class Service:
         rank = s.slot_rank or config.hypernet.rank
         if rank < config.hypernet.rank:
             raise T2LError(f"T2L_SLOT_RANK={rank} is below the checkpoint's rank {config.hypernet.rank}")
-        self.bank = SlotBank(config.base, rank, s.slots, device, metrics=self.metrics)
+        self.bank = SlotBank(config.base, rank, s.slots, device, model.dtype, self.metrics)
         self.engine = Engine(
             model,
             self.tokenizer,

@@ -18,6 +18,11 @@ class ServerSettings(Settings):
     adapter_dtype: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="dtype adapters are kept and stored in (Redis bytes, L1 memory)"
     )
+    base_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="dtype of the resident base model and its adapter slots (local engine); bfloat16 halves "
+        "the weights' memory traffic",
+    )
     l1_max_adapters: int = Field(256, ge=1)
     l1_max_mb: float = Field(512.0, gt=0)
     slots: int = Field(8, ge=1, description="adapter slots resident in the model")

@@ -167,8 +167,9 @@ def test_adapters_survive_a_restart_in_redis(server_settings):
         assert by_id.json()["cached"] == "l1"
 
 
-def test_two_adapters_in_one_batch_match_each_alone(server_settings):
-    with running_server(server_settings(batch_window_ms=300.0)) as server:
+@pytest.mark.parametrize("base_dtype", ["float32", "bfloat16"])
+def test_two_adapters_in_one_batch_match_each_alone(server_settings, base_dtype):
+    with running_server(server_settings(batch_window_ms=300.0, base_dtype=base_dtype)) as server:
         for description in (MATH, FRENCH):  # make both adapters first, so both requests arrive together
             httpx.post(f"{server.url}/v1/adapters", json={"description": description})
 
@@ -252,8 +253,9 @@ def test_sampling_seed_stop_strings_and_ttl(server_settings):
         assert 0 < client.ttl(f"t2l:adapter:{adapter_id}") <= 300
 
 
-def test_a_request_joins_a_running_batch_and_gets_the_tokens_it_gets_alone(server_settings):
-    with running_server(server_settings(max_tokens_cap=3000)) as server:
+@pytest.mark.parametrize("base_dtype", ["float32", "bfloat16"])
+def test_a_request_joins_a_running_batch_and_gets_the_tokens_it_gets_alone(server_settings, base_dtype):
+    with running_server(server_settings(max_tokens_cap=3000, base_dtype=base_dtype)) as server:
         base = server.service.base_name
         long_body = {
             "model": base,

@@ -19,13 +19,15 @@ pytestmark = pytest.mark.integration
 MESSAGES = [{"role": "user", "content": "A farmer has 12 cows and buys 7 more. How many cows now?"}]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_downloaded_adapter_in_peft_gives_the_servers_greedy_tokens(
-    smollm2_spec, embedder_spec, clean_redis, tmp_path
+    smollm2_spec, embedder_spec, clean_redis, tmp_path, dtype
 ):
+    """In bfloat16 the server's base, its slots and PEFT's reference are all bfloat16."""
     model, config = initial_checkpoint(smollm2_spec, embedder_spec, "M", rank=8, alpha=16.0, seed=0)
     save_checkpoint(randomize_heads(model, std=0.02), config, tmp_path / "ckpt")
     settings = ServerSettings(
-        checkpoint=tmp_path / "ckpt", redis_url=clean_redis, state_dir=tmp_path / "state"
+        checkpoint=tmp_path / "ckpt", redis_url=clean_redis, state_dir=tmp_path / "state", base_dtype=dtype
     )
     with running_server(settings) as server:
         reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=300, json={
@@ -36,13 +38,14 @@ def test_downloaded_adapter_in_peft_gives_the_servers_greedy_tokens(
             "model": DEFAULT_BASE_MODEL, "messages": MESSAGES, "max_tokens": 16, "temperature": 0,
         }).json()  # fmt: skip
         archive = httpx.get(
-            f"{server.url}/v1/adapters/{reply['adapter']['id']}/download", params={"format": "zip"}
+            f"{server.url}/v1/adapters/{reply['adapter']['id']}/download",
+            params={"format": "zip", "dtype": dtype},
         )
     assert archive.status_code == 200
     zipfile.ZipFile(io.BytesIO(archive.content)).extractall(tmp_path / "download")
     folder = tmp_path / "download" / reply["adapter"]["id"]
 
-    base, tokenizer = load_base(DEFAULT_BASE_MODEL, CHECKPOINTS)
+    base, tokenizer = load_base(DEFAULT_BASE_MODEL, CHECKPOINTS, getattr(torch, dtype))
     prompt = tokenizer.apply_chat_template(
         MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )

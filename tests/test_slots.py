@@ -65,3 +65,29 @@ def test_evict_forgets_only_unpinned_slots(bank, tiny_spec):
         assert bank.slot_of("a") is None
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("src_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dst_dtype", [torch.float32, torch.bfloat16])
+def test_slot_copy_converts_exactly_as_torch_does(src_dtype, dst_dtype):
+    """The numpy copy (bfloat16 included, which numpy lacks) rounds exactly like ``Tensor.to``."""
+    from server.slots import _copy
+
+    torch.manual_seed(0)
+    values = torch.cat([torch.randn(4096) * 10.0 ** torch.randint(-6, 4, (4096,)), torch.tensor([0.0, -0.0])])
+    # ties: float32 values exactly halfway between two bfloat16 values, both parities
+    halfway = (torch.arange(0x3F80, 0x3F90, dtype=torch.int32) << 16 | 0x8000).view(torch.float32)
+    src = torch.cat([values, halfway, -halfway]).to(src_dtype)
+    dst = torch.empty(len(src), dtype=dst_dtype)
+    _copy(dst, src[None].expand(3, -1)[1])  # a strided view, as slot slices are
+    assert torch.equal(dst, src.to(dst_dtype))
+
+
+def test_bfloat16_bank_holds_the_adapter_rounded(tiny_spec):
+    bank = SlotBank(tiny_spec, rank=4, slots=1, dtype=torch.bfloat16)
+    adapter = random_adapter(tiny_spec, 3)
+    slot = asyncio.run(bank.acquire("a", adapter))
+    A, B = bank.gather([slot])
+    for m in A:
+        assert torch.equal(A[m][0], adapter.A[m].to(torch.bfloat16))
+        assert torch.equal(B[m][0], adapter.B[m].to(torch.bfloat16))
