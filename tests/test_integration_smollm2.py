@@ -67,7 +67,10 @@ def test_generated_adapter_loads_in_peft_and_matches_the_batched_lora(
         with layers.applied(A, B, adapter.scaling):
             got = ours(prompt_ids).logits
         plain = base(prompt_ids).logits
-    assert (got - expected).abs().max() <= 1e-5
+    # one linear matches PEFT to 1e-5 (tests/test_lora.py); through 30 layers the fused update
+    # (baddbmm: y + s*low@B in one kernel, PEFT rounds s*(low@B) then adds) drifts by some float32 ulps
+    # of the logits, so the bound here is relative to their scale
+    assert (got - expected).abs().max() <= 2e-5 * expected.abs().max()
     assert (expected - plain).abs().max() > 1e-3
 
     with torch.no_grad():
