@@ -199,6 +199,7 @@ def under_load(url: str, model: str, streams: int, texts: list[str], max_tokens:
                     "messages": [{"role": "user", "content": PROMPT}],
                     "max_tokens": 64,
                     "temperature": 0,
+                    "ignore_eos": True,  # long generations: an adapter may well answer in two tokens
                     "stream": True,
                     "task_description": f"Busy task number {k}.",
                 }

@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
   train=(--steps 2 --tasks-per-step 2 --examples-per-task 1 --max-len 64 --val-every 1 --ckpt-every 1
          --val-examples 1 --warmup-steps 1)
   evals=(--tasks 2 --examples 1 --max-new-tokens 4)
-  held=(--examples 1 --max-new-tokens 4)
+  held=(--tasks 2 --examples 1 --max-new-tokens 4)
   limit=600
 else
   # one H200: both runs side by side; 32 tasks x 2 examples per step, 2,000 steps (128,000 examples)

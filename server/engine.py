@@ -86,6 +86,8 @@ class RowState:
         self.job, self.tokenizer, self.eos, self.metrics = job, tokenizer, eos, metrics
         self.last: float | None = None  # when the previous token came
         self.tokens: list[int] = []
+        self.text = ""  # the decoded text of tokens[:self.read]
+        self.prefix = self.read = 0  # tokens[prefix:read] were decoded last: the context for the next ones
         self.sent = 0
         self.done = False
         seed = job.sampling.seed if job.sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
@@ -114,25 +116,41 @@ class RowState:
         self.metrics.tokens.inc()
         s = self.job.sampling
         if token in self.eos and not s.ignore_eos:
-            self._finish("stop", self._text(), count=token)
+            self._finish("stop", self._decode(final=True), count=token)
             return
         self.tokens.append(token)
-        text = self._text()
-        hit = min((i for i in (text.find(stop) for stop in s.stop) if i >= 0), default=-1)
+        limit = len(self.tokens) >= s.max_tokens or (
+            s.timeout_s is not None and now - self.job.submitted > s.timeout_s
+        )
+        checked = len(self.text)
+        text = self._decode(final=limit)
+        # text[:checked] held no stop string, so a new one must end in the new text
+        hit = min(
+            (i for stop in s.stop if (i := text.find(stop, max(0, checked - len(stop) + 1))) >= 0),
+            default=-1,
+        )
         if hit >= 0:
             self._finish("stop", text[:hit])
-        elif len(self.tokens) >= s.max_tokens or (
-            s.timeout_s is not None and now - self.job.submitted > s.timeout_s
-        ):
+        elif limit:
             self._finish("length", text)
-        elif not text.endswith("\ufffd"):  # an unfinished multi-byte character waits for its rest
+        else:
             upto = len(text) - _held_back(text, s.stop)
             if upto > self.sent:
                 self.job.emit(Delta(text[self.sent : upto]))
                 self.sent = upto
 
-    def _text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+    def _decode(self, final: bool = False) -> str:
+        """The row's text, decoding only the tokens since the last complete character (as vLLM and TGI
+        do) rather than the whole row at every token. tokens[prefix:read] are decoded again as context,
+        since a tokenizer may render a token differently at the start of a sequence (SentencePiece's
+        leading space). An unfinished multi-byte character waits for its rest unless ``final``."""
+        if self.read < len(self.tokens):
+            before = self.tokenizer.decode(self.tokens[self.prefix : self.read], skip_special_tokens=True)
+            after = self.tokenizer.decode(self.tokens[self.prefix :], skip_special_tokens=True)
+            if final or (len(after) > len(before) and not after.endswith("\ufffd")):
+                self.text += after[len(before) :]
+                self.prefix, self.read = self.read, len(self.tokens)
+        return self.text
 
     def _finish(self, reason: str, text: str, count: int | None = None) -> None:
         if len(text) > self.sent:
@@ -334,8 +352,14 @@ class Engine:
         rows = [RowState(job, self.tokenizer, self.eos, self.metrics) for job in jobs]
         self._apply(rows)
         try:
+            # logits_to_keep=1: the LM head over every prompt token is a fifth of a prefill, for nothing
             logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
             ).logits[:, -1]
         finally:
             self.layers.clear()
