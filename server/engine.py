@@ -1,12 +1,13 @@
 """The generation engine: one thread that owns the base model and decodes with continuous batching.
 
-Running sequences share one batched KV cache (left-padded, with an attention mask). At every decode
-step, requests that arrived meanwhile are prefilled together and join the batch, and finished or
-abandoned ones leave it at once. An idle engine waits ``batch_window_ms`` after a first arrival for
-company. Each row carries its adapter slot; the batched LoRA in ``hypernet.lora`` applies every row's
-own A/B, so requests with different adapters never see each other's weights. Each row samples with its
-own temperature, top-p, seed, stop strings and token limit, and streams its text as it is produced.
-Tokens reach the asyncio side through ``loop.call_soon_threadsafe``.
+Running sequences share one batched KV cache (left-padded, with an attention mask; written in place,
+``server.kv_cache``). At every decode step, requests that arrived meanwhile are prefilled together and
+join the batch, and finished or abandoned ones leave it at once. An idle engine waits
+``batch_window_ms`` after a first arrival for company. Each row carries its adapter slot; the batched
+LoRA in ``hypernet.lora`` applies every row's own A/B, so requests with different adapters never see
+each other's weights. Each row samples with its own temperature, top-p, seed, stop strings and token
+limit, and streams its text as it is produced. Tokens reach the asyncio side through
+``loop.call_soon_threadsafe``.
 """
 
 import asyncio
@@ -14,13 +15,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache
 
 from hypernet.lora import LoraLayers
+from server.kv_cache import roomy_cache
 from server.metrics import Metrics
 from server.slots import EMPTY, SlotBank
 
@@ -181,7 +185,7 @@ class Batch:
     def __init__(
         self,
         rows: list[RowState],
-        cache: DynamicCache,
+        cache: Cache,
         mask: torch.Tensor,
         position: torch.Tensor,
         pending: torch.Tensor,
@@ -237,7 +241,9 @@ class Engine:
         batch_window_ms: float = 5.0,
         max_queue: int = 64,
         metrics: Metrics | None = None,
+        new_cache: Callable[[], Cache] = roomy_cache,  # bench.decode_step compares DynamicCache
     ):
+        self.new_cache = new_cache
         self.model, self.tokenizer, self.layers, self.bank = model, tokenizer, layers, bank
         self.scaling, self.max_batch, self.window_s = scaling, max_batch, batch_window_ms / 1000
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
@@ -348,7 +354,7 @@ class Engine:
             mask[row, longest - len(job.prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = self.new_cache()
         rows = [RowState(job, self.tokenizer, self.eos, self.metrics) for job in jobs]
         self._apply(rows)
         try:

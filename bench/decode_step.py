@@ -1,0 +1,94 @@
+"""Benchmark: one decode step of the engine with its in-place KV cache against transformers' DynamicCache.
+
+The same engine, prompts and distinct adapters (one per row), prefilled once per repetition, then
+``--steps`` decode steps timed one by one; the two caches alternate repetitions so drift hits both. The
+greedy tokens of both must be identical (checked). Prints p50/p95 ms per step and the ratio. On the
+CPU in float32: the question is what ``torch.cat`` of the whole cache costs a step there.
+
+    python -m bench.decode_step [--batch 16] [--steps 48] [--reps 6] [--json OUT]
+"""
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from bench.engine import PROMPTS
+from bench.stats import summary, write_json
+from hypernet.base import load_base
+from hypernet.chat import chat_ids
+from hypernet.checkpoint import default_checkpoint
+from hypernet.generator import AdapterGenerator
+from hypernet.lora import LoraLayers
+from hypernet.settings import Settings
+from server.engine import Engine, Job, Sampling
+from server.kv_cache import roomy_cache
+from server.slots import SlotBank
+
+CACHES = {"DynamicCache (torch.cat per step)": DynamicCache, "ours (written in place)": roomy_cache}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16, choices=range(1, 17), metavar="1..16")
+    parser.add_argument("--steps", type=int, default=48)
+    parser.add_argument("--reps", type=int, default=6, help="repetitions per cache, alternating")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    settings = Settings()
+    generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
+    adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(args.batch)])
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, torch.float32, "cpu")
+    spec = generator.config.base
+    bank = SlotBank(spec, generator.config.hypernet.rank, args.batch, "cpu", torch.float32)
+    layers = LoraLayers(model, spec)
+    loop = asyncio.new_event_loop()  # never run: the jobs' events just queue up
+    slots = [loop.run_until_complete(bank.acquire(f"a{i}", a)) for i, a in enumerate(adapters)]
+    prompts = [
+        chat_ids(tokenizer, [{"role": "user", "content": p}], generation_prompt=True)
+        for p in PROMPTS[: args.batch]
+    ]
+    engines = {
+        name: Engine(model, tokenizer, layers, bank, generator.config.hypernet.scaling, 16, new_cache=make)
+        for name, make in CACHES.items()
+    }
+
+    def steps(engine: Engine) -> tuple[list[float], list[list[int]]]:
+        jobs = [
+            Job(p, slot, Sampling(args.steps + 1, temperature=0, ignore_eos=True), loop)
+            for p, slot in zip(prompts, slots, strict=True)
+        ]
+        times = []
+        with torch.inference_mode():
+            batch = engine._prefill(jobs)
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                batch = engine._step(batch)
+                times.append((time.perf_counter() - start) * 1000)
+        return times, [row.tokens for row in batch.rows]
+
+    times: dict[str, list[float]] = {name: [] for name in CACHES}
+    tokens: dict[str, list] = {}
+    for rep in range(args.reps):
+        for name in CACHES if rep % 2 == 0 else reversed(CACHES):
+            measured, tokens[name] = steps(engines[name])
+            times[name] += measured
+    if len({str(t) for t in tokens.values()}) != 1:
+        raise SystemExit("the two caches gave different greedy tokens")
+    result = {name: summary(ms) for name, ms in times.items()}
+    base, ours = (result[name]["p50"] for name in CACHES)
+    result["ratio_p50"] = base / ours
+    print(f"decode step, batch {args.batch}, {args.batch} distinct adapters   p50 ms   p95 ms")
+    for name in CACHES:
+        print(f"  {name:40s} {result[name]['p50']:8.1f} {result[name]['p95']:8.1f}")
+    print(f"ours is {result['ratio_p50']:.3f}x as fast at p50; greedy tokens identical")
+    if args.json:
+        write_json(args.json, result | {"args": {k: v for k, v in vars(args).items() if k != "json"}})
+
+
+if __name__ == "__main__":
+    main()
