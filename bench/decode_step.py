@@ -3,9 +3,9 @@
 The same engine, prompts and distinct adapters (one per row), prefilled once per repetition, then
 ``--steps`` decode steps timed one by one; the two caches alternate repetitions so drift hits both. The
 greedy tokens of both must be identical (checked). Prints p50/p95 ms per step and the ratio. On the
-CPU in float32: the question is what ``torch.cat`` of the whole cache costs a step there.
+CPU: the question is what ``torch.cat`` of the whole cache costs a step there.
 
-    python -m bench.decode_step [--batch 16] [--steps 48] [--reps 6] [--json OUT]
+    python -m bench.decode_step [--batch 16] [--steps 48] [--reps 6] [--dtype float32] [--json OUT]
 """
 
 import argparse
@@ -36,15 +36,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, choices=range(1, 17), metavar="1..16")
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--reps", type=int, default=6, help="repetitions per cache, alternating")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
 
     settings = Settings()
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
     adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(args.batch)])
-    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, torch.float32, "cpu")
+    dtype = getattr(torch, args.dtype)
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, "cpu")
     spec = generator.config.base
-    bank = SlotBank(spec, generator.config.hypernet.rank, args.batch, "cpu", torch.float32)
+    bank = SlotBank(spec, generator.config.hypernet.rank, args.batch, "cpu", dtype)
     layers = LoraLayers(model, spec)
     loop = asyncio.new_event_loop()  # never run: the jobs' events just queue up
     slots = [loop.run_until_complete(bank.acquire(f"a{i}", a)) for i, a in enumerate(adapters)]
@@ -82,7 +84,7 @@ def main() -> None:
     result = {name: summary(ms) for name, ms in times.items()}
     base, ours = (result[name]["p50"] for name in CACHES)
     result["ratio_p50"] = base / ours
-    print(f"decode step, batch {args.batch}, {args.batch} distinct adapters   p50 ms   p95 ms")
+    print(f"decode step, {args.dtype}, batch {args.batch}, {args.batch} distinct adapters   p50 ms   p95 ms")
     for name in CACHES:
         print(f"  {name:40s} {result[name]['p50']:8.1f} {result[name]['p95']:8.1f}")
     print(f"ours is {result['ratio_p50']:.3f}x as fast at p50; greedy tokens identical")
