@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from bench.engine import PROMPTS
+from bench.engine import bench_adapters, chat_prompts
 from bench.stats import summary, write_json
 from hypernet.base import load_base
-from hypernet.chat import chat_ids
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
@@ -42,7 +41,7 @@ def main() -> None:
 
     settings = Settings()
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
-    adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(args.batch)])
+    adapters = bench_adapters(generator, args.batch)
     dtype = getattr(torch, args.dtype)
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, "cpu")
     spec = generator.config.base
@@ -50,10 +49,7 @@ def main() -> None:
     layers = LoraLayers(model, spec)
     loop = asyncio.new_event_loop()  # never run: the jobs' events just queue up
     slots = [loop.run_until_complete(bank.acquire(f"a{i}", a)) for i, a in enumerate(adapters)]
-    prompts = [
-        chat_ids(tokenizer, [{"role": "user", "content": p}], generation_prompt=True)
-        for p in PROMPTS[: args.batch]
-    ]
+    prompts = chat_prompts(tokenizer, args.batch)
     engines = {
         name: Engine(model, tokenizer, layers, bank, generator.config.hypernet.scaling, 16, new_cache=make)
         for name, make in CACHES.items()

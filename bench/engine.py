@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.stats import summary, write_json
+from hypernet.adapter import LoraAdapter
 from hypernet.base import load_base
 from hypernet.chat import chat_ids
 from hypernet.checkpoint import default_checkpoint
@@ -35,6 +36,23 @@ from server.engine import Delta, Engine, Finished, Job, Sampling
 from server.slots import EMPTY, SlotBank
 
 PROMPTS = [f"Write a short note about topic number {i}: what it is and why it matters." for i in range(16)]
+
+
+def bench_adapters(generator: AdapterGenerator, n: int) -> list[LoraAdapter]:
+    """``n`` distinct adapters, the same in every run. The heads get some noise first: an untrained
+    checkpoint's give B = 0, and real adapters have weight."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for head in generator.model.heads.values():
+            head.weight.normal_(std=0.002)
+    adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(n)])
+    return adapters
+
+
+def chat_prompts(tokenizer, n: int) -> list[list[int]]:
+    """The first ``n`` benchmark prompts as chat-template token ids."""
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS[:n]]
+    return [chat_ids(tokenizer, m, generation_prompt=True) for m in messages]
 
 
 async def run_jobs(
@@ -103,11 +121,7 @@ def peft_model(model, adapters: list, folder: Path):
 async def measure(args: argparse.Namespace) -> dict:
     settings = Settings()
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
-    torch.manual_seed(0)
-    with torch.no_grad():  # untrained heads give B = 0; real adapters have weight, so give them some
-        for head in generator.model.heads.values():
-            head.weight.normal_(std=0.002)
-    adapters, _ = generator.generate([f"Task {i}: answer questions of kind {i}." for i in range(16)])
+    adapters = bench_adapters(generator, 16)
     dtype, device = getattr(torch, args.dtype), settings.torch_device()
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, device)
     plain = copy.deepcopy(model)  # the baseline: transformers as it is, no LoRA wrappers
@@ -131,7 +145,7 @@ async def measure(args: argparse.Namespace) -> dict:
     )
     engine.start()
     slots = [await bank.acquire(f"a{i}", a) for i, a in enumerate(adapters)]
-    prompts = [chat_ids(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in PROMPTS]
+    prompts = chat_prompts(tokenizer, 16)
 
     result: dict = {
         "throughput": {},
