@@ -11,6 +11,9 @@ from sending the request to reading the response (or the first token). Measures:
   same state dir: the new process has an empty L1, so each request is a real Redis read of the stored
   safetensors bytes, checksum check and deserialisation, then an L1 fill). The server-side store time
   (``timings_ms.total``) is reported beside each, to separate HTTP overhead from the store's own work.
+  Two baselines are interleaved with them: each cold POST with the same description made in this process
+  by the library (``AdapterGenerator.generate``: what embed and hypernet cost outside the server), and
+  each L1 hit with ``GET /healthz`` (the HTTP round trip with no work behind it).
 * chat time to first token (``stream: true``; from sending the request to the first SSE chunk with
   non-empty content) for (a) a **new description** inline via ``task_description`` (a cold adapter every
   time: generation, slot upload, then decoding) and (b) the **base model** (no adapter): same prompt,
@@ -48,6 +51,8 @@ from pathlib import Path
 import httpx
 
 from bench.stats import summary, write_json
+from hypernet.checkpoint import default_checkpoint
+from hypernet.generator import AdapterGenerator
 from server.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +239,53 @@ def tier(client: httpx.Client, texts: list[str], expect: str | bool) -> dict[str
     return {k: v for k, v in rows.items() if v}
 
 
+def cold_beside_in_process(
+    client: httpx.Client, generator: AdapterGenerator, texts: list[str]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Cold POSTs, each followed or preceded (alternating) by the same new description made in this
+    process by the library (``AdapterGenerator.generate``, as ``bench.generate`` does): the server's
+    embed and hypernet times against the library's, measured in the same run on the same texts."""
+    server: dict[str, list[float]] = {"client": [], "server": [], "embed": [], "hypernet": []}
+    library: dict[str, list[float]] = {"total": [], "embed": [], "hypernet": []}
+
+    def post(i: int) -> float:
+        elapsed, timings = post_adapter(client, texts[i], False)
+        for key, value in (("client", elapsed), *((k, timings[k]) for k in ("embed", "hypernet"))):
+            server[key].append(value)
+        server["server"].append(timings["total"])
+        return elapsed
+
+    def in_process(i: int) -> float:
+        _, timings = generator.generate([texts[i]])
+        library["total"].append(timings.total_ms)
+        library["embed"].append(timings.embed_ms)
+        library["hypernet"].append(timings.hypernet_ms)
+        return timings.total_ms
+
+    interleaved(len(texts), post, in_process)
+    return server, library
+
+
+def l1_beside_floor(client: httpx.Client, texts: list[str]) -> tuple[dict[str, list[float]], list[float]]:
+    """L1-hit POSTs interleaved with ``GET /healthz``: the HTTP round trip through the same client,
+    middlewares and server with no work behind it, the floor under any endpoint."""
+    rows: dict[str, list[float]] = {"client": [], "server": []}
+
+    def post(i: int) -> float:
+        elapsed, timings = post_adapter(client, texts[i], "l1")
+        rows["client"].append(elapsed)
+        rows["server"].append(timings["total"])
+        return elapsed
+
+    def floor(_: int) -> float:
+        start = time.perf_counter()
+        client.get("/healthz").raise_for_status()
+        return (time.perf_counter() - start) * 1000
+
+    _, floors = interleaved(len(texts), post, floor)
+    return rows, floors
+
+
 def interleaved(n: int, a: Callable[[int], float], b: Callable[[int], float]) -> tuple[list, list]:
     """``n`` samples of each, alternating which goes first, so drift hits both equally."""
     out_a, out_b = [], []
@@ -247,7 +299,7 @@ def interleaved(n: int, a: Callable[[int], float], b: Callable[[int], float]) ->
     return out_a, out_b
 
 
-def peft_by_hand(settings: ServerSettings, texts: list[str]) -> list[float]:
+def peft_by_hand(settings: ServerSettings, generator: AdapterGenerator, texts: list[str]) -> list[float]:
     """TTFT of what a user writes without our server: generate the adapter with the library, write its
     PEFT folder, ``load_adapter`` + ``set_adapter`` on a resident PeftModel, then generate to the first
     token (``max_new_tokens=1``: prefill and one step). In process, no HTTP: a floor for that path."""
@@ -256,10 +308,7 @@ def peft_by_hand(settings: ServerSettings, texts: list[str]) -> list[float]:
 
     from hypernet.base import load_base
     from hypernet.chat import chat_ids
-    from hypernet.checkpoint import default_checkpoint
-    from hypernet.generator import AdapterGenerator
 
-    generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
     dtype, device = getattr(torch, settings.base_dtype), settings.torch_device()
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, device)
     prompt = chat_ids(tokenizer, [{"role": "user", "content": PROMPT}], generation_prompt=True)
@@ -303,13 +352,18 @@ def main() -> None:
     log = state / "server.log"
     rows: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
+    generator = AdapterGenerator.load(
+        settings.checkpoint or default_checkpoint(settings.checkpoints_dir), device=settings.torch_device()
+    )  # as the server loads it
+    generator.generate(warm)  # the library's first call pays for lazy initialisation too
     try:
         with running(state, log) as (client, ready):
             for text in warm:  # first requests pay for lazy initialisation; keep them out
                 post_adapter(client, text, False)
                 post_adapter(client, text, "l1")
-            rows["cold"] = tier(client, cold, False)
-            rows["l1"] = tier(client, cold, "l1")
+            rows["cold"], rows["cold_in_process"] = cold_beside_in_process(client, generator, cold)
+            rows["l1"], floor = l1_beside_floor(client, cold)
+            rows["http_floor"] = {"client": floor}
             for text in chat_warm:
                 ttft(client, base_model, args.max_tokens, text)
                 ttft(client, base_model, args.max_tokens)
@@ -329,7 +383,9 @@ def main() -> None:
             for text in warm:
                 post_adapter(client, text, "redis")
             rows["redis"] = tier(client, cold, "redis")
-        rows["ttft_peft"] = {"client": peft_by_hand(settings, [f"{t} (by hand)" for t in chat_new])}
+        rows["ttft_peft"] = {
+            "client": peft_by_hand(settings, generator, [f"{t} (by hand)" for t in chat_new])
+        }
     except BaseException:
         if log.exists():
             print(f"server log ({log}), last lines:\n" + "\n".join(log.read_text().splitlines()[-20:]))
@@ -340,12 +396,20 @@ def main() -> None:
     wall_s = time.perf_counter() - started
 
     result: dict = {}
-    for key in ("cold", "l1", "redis"):
-        result[f"adapters_{key}"] = summary(rows[key]["client"])
-        result[f"adapters_{key}_server"] = summary(rows[key]["server"])
+    for key in ("cold", "l1", "redis", "cold_in_process"):
+        if key == "cold_in_process":
+            result["adapters_cold_in_process"] = summary(rows[key]["total"])
+        else:
+            result[f"adapters_{key}"] = summary(rows[key]["client"])
+            result[f"adapters_{key}_server"] = summary(rows[key]["server"])
         for part in ("embed", "hypernet"):
             if part in rows[key]:
-                result[f"adapters_{key}_server_{part}"] = summary(rows[key][part])
+                suffix = "" if key == "cold_in_process" else "_server"
+                result[f"adapters_{key}{suffix}_{part}"] = summary(rows[key][part])
+    result["http_floor"] = summary(rows["http_floor"]["client"])
+    result["server_embed_vs_library_p50"] = (
+        result["adapters_cold_server_embed"]["p50"] / result["adapters_cold_in_process_embed"]["p50"]
+    )
     result["ttft_new_description"] = summary(rows["ttft_new"]["client"])
     result["ttft_base"] = summary(rows["ttft_base"]["client"])
     new_p50, base_p50 = result["ttft_new_description"]["p50"], result["ttft_base"]["p50"]
@@ -391,8 +455,12 @@ def main() -> None:
         "adapters_cold_server": ("  (server-side store time)", ""),
         "adapters_cold_server_embed": ("  (server-side: embed)", ""),
         "adapters_cold_server_hypernet": ("  (server-side: hypernet)", ""),
+        "adapters_cold_in_process": ("  library in process, same texts", "(interleaved)"),
+        "adapters_cold_in_process_embed": ("  (library: embed)", ""),
+        "adapters_cold_in_process_hypernet": ("  (library: hypernet)", ""),
         "adapters_l1": ("POST /v1/adapters L1 hit", f"<= {TARGETS_MS['l1']:.0f}"),
         "adapters_l1_server": ("  (server-side store time)", ""),
+        "http_floor": ("  GET /healthz (HTTP floor)", "(interleaved)"),
         "adapters_redis": ("POST /v1/adapters Redis hit", f"<= {TARGETS_MS['redis']:.0f}"),
         "adapters_redis_server": ("  (server-side store time)", ""),
         "ttft_base": ("chat TTFT base model", ""),
@@ -418,6 +486,10 @@ def main() -> None:
         f"TTFT new − base, p50: {result['ttft_p50_diff_ms']:+.2f} ms "
         f"(x{result['ttft_p50_ratio']:.2f}); n = {args.n} per row, checkpoint {ready['checkpoint']} "
         f"({ready['checkpoint_status']}), {wall_s:.0f} s"
+    )
+    print(
+        f"server embed / library embed, p50: {result['server_embed_vs_library_p50']:.2f}x "
+        f"(the same texts, interleaved)"
     )
     paired = result["ttft_paired_diff"]
     print(f"TTFT new − base per interleaved pair: p50 {paired['p50']:+.2f} ms, p95 {paired['p95']:+.2f} ms")

@@ -173,7 +173,7 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if hasattr(self, "store"):
-            await self.store.flush()
+            await self.store.close()
         if hasattr(self, "backend"):
             await self.backend.stop()
         if hasattr(self, "redis"):

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -126,6 +127,10 @@ class AdapterStore:
         self._writes: set[asyncio.Task] = set()  # Redis writes in flight, awaited by ``flush``
         self.degraded = False
         self.generations = 0  # how many adapters this process generated (tests count single-flight)
+        # Every generation on one thread: each thread that runs torch gets its own OpenMP team, and with
+        # asyncio's pool generations alternated between two threads (the other busy with a Redis write),
+        # whose teams then competed for the same cores (py-spy on bench.server's cold POSTs).
+        self._generating = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2l-generate")
         self.metrics.redis_up.set_function(lambda: 0 if self.degraded or self.redis is None else 1)
         self.metrics.redis_backlog.set_function(lambda: len(self._unsynced))
 
@@ -184,6 +189,11 @@ class AdapterStore:
     async def flush(self) -> None:
         if self._writes:
             await asyncio.gather(*self._writes)
+
+    async def close(self) -> None:
+        """Finish the Redis writes in flight and let the generation thread go."""
+        await self.flush()
+        self._generating.shutdown(wait=False)
 
     async def _write(self, record: Record) -> bool:
         """Store one adapter; False (and remembered for a later retry) when Redis is unreachable."""
@@ -260,7 +270,8 @@ class AdapterStore:
                     self.l1.put(record)
                     self.metrics.lookups.labels("redis").inc()
                     return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
-                adapter, timings = await asyncio.to_thread(self._generate, spec)
+                loop = asyncio.get_running_loop()
+                adapter, timings = await loop.run_in_executor(self._generating, self._generate, spec)
                 adapter = adapter.to(self.dtype)
                 self.generations += 1
                 self.metrics.lookups.labels("generated").inc()
