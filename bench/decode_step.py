@@ -16,6 +16,7 @@ shapes (batch and length change every step); compilation happens in a first, unt
 import argparse
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,11 +83,12 @@ def main() -> None:
     slots = [loop.run_until_complete(bank.acquire(f"a{i}", a)) for i, a in enumerate(adapters)]
     prompts = chat_prompts(tokenizer, args.batch)
     scaling = generator.config.hypernet.scaling
+    compiling = functools.partial(compiled, model, args.compile)
     if args.compile:
         engine = Engine(model, tokenizer, layers, bank, scaling, 16)
         variants: dict[str, tuple[Engine, Callable[[], contextlib.AbstractContextManager]]] = {
             "eager": (engine, contextlib.nullcontext),
-            f"torch.compile ({args.compile})": (engine, lambda: compiled(model, args.compile)),
+            f"torch.compile ({args.compile})": (engine, compiling),
         }
     else:
         variants = {
@@ -114,7 +116,7 @@ def main() -> None:
     compile_s = None
     if args.compile:  # compile (and recompile for the shapes a run sees) outside the timings
         start = time.perf_counter()
-        with variants[f"torch.compile ({args.compile})"][1]():
+        with compiling():
             steps(engine)
         compile_s = time.perf_counter() - start
     names = list(variants)

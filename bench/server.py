@@ -396,16 +396,15 @@ def main() -> None:
     wall_s = time.perf_counter() - started
 
     result: dict = {}
-    for key in ("cold", "l1", "redis", "cold_in_process"):
-        if key == "cold_in_process":
-            result["adapters_cold_in_process"] = summary(rows[key]["total"])
-        else:
-            result[f"adapters_{key}"] = summary(rows[key]["client"])
-            result[f"adapters_{key}_server"] = summary(rows[key]["server"])
+    for key in ("cold", "l1", "redis"):
+        result[f"adapters_{key}"] = summary(rows[key]["client"])
+        result[f"adapters_{key}_server"] = summary(rows[key]["server"])
         for part in ("embed", "hypernet"):
             if part in rows[key]:
-                suffix = "" if key == "cold_in_process" else "_server"
-                result[f"adapters_{key}{suffix}_{part}"] = summary(rows[key][part])
+                result[f"adapters_{key}_server_{part}"] = summary(rows[key][part])
+    for part, samples in rows["cold_in_process"].items():  # the library's total, embed and hypernet
+        suffix = "" if part == "total" else f"_{part}"
+        result[f"adapters_cold_in_process{suffix}"] = summary(samples)
     result["http_floor"] = summary(rows["http_floor"]["client"])
     result["server_embed_vs_library_p50"] = (
         result["adapters_cold_server_embed"]["p50"] / result["adapters_cold_in_process_embed"]["p50"]
