@@ -160,7 +160,7 @@ async def measure(args: argparse.Namespace) -> dict:
     await run_jobs(engine, prompts[:8], slots[:8], 4)  # warm up both paths
     base_generate(plain, tokenizer, prompts[:8], 4)
     base_generate(peft, tokenizer, prompts[:8], 4, adapter_names=[f"a{i}" for i in range(8)])
-    for batch in (8, 16):
+    for batch in args.batches:
         base_tps, peft_tps, base32_tps = [], [], []
         ours: dict[int, list[float]] = {k: [] for k in (1, 4, 8, 16)}
         for _ in range(args.reps):
@@ -238,6 +238,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per sequence")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[8, 16],
+        choices=range(1, 17),
+        metavar="{1..16}",
+        help="batch sizes to measure (default 8 16)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = asyncio.run(measure(args))

@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 
 if [[ "${1:-}" == "--smoke" ]]; then
   export T2L_DEVICE=cpu
-  engine=(--tokens 4 --reps 1)
+  engine=(--tokens 4 --reps 1 --batches 8)
   server=(--n 3 --max-tokens 2 --load 1)
 else
   export T2L_DEVICE=cuda

@@ -233,14 +233,14 @@ def phase_redis_kill(args, state: Path, texts: list[str], model: str) -> dict:
         server.stop()
 
 
-async def _streams(url: str, model: str, texts: list[str], n: int, on_started) -> list[str]:
-    """``n`` streams of long answers; ``on_started`` runs once all of them have sent a first chunk."""
+async def _streams(url: str, model: str, texts: list[str], n: int, tokens: int, on_started) -> list[str]:
+    """``n`` streams of ``tokens``-long answers; ``on_started`` runs once all have sent a first chunk."""
     started, ends = asyncio.Event(), []
     count = [0]
 
     async def stream(i: int) -> None:
         body = {
-            "model": model, "messages": PROMPT, "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+            "model": model, "messages": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "task_description": texts[i % len(texts)],
         }  # fmt: skip
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
@@ -274,7 +274,12 @@ def phase_sigterm(args, state: Path, texts: list[str], model: str) -> dict:
         made = [create(server.url, f"{t} (sigterm)")["id"] for t in texts[:5]]
         ends = asyncio.run(
             _streams(
-                server.url, model, texts, args.streams, lambda: server.process.send_signal(signal.SIGTERM)
+                server.url,
+                model,
+                texts,
+                args.streams,
+                args.stream_tokens,
+                lambda: server.process.send_signal(signal.SIGTERM),
             )
         )
         server.process.wait(timeout=120)
@@ -363,6 +368,9 @@ def main() -> None:
     parser.add_argument("--descriptions", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--streams", type=int, default=8, help="streams running when SIGTERM arrives")
+    parser.add_argument(
+        "--stream-tokens", type=int, default=400, help="each stream's max_tokens: SIGTERM lets them finish"
+    )
     parser.add_argument("--deadline-s", type=float, default=1800, help="stop sending after this long")
     parser.add_argument("--phases", nargs="+", default=["load", "redis_kill", "sigterm", "corrupt"])
     parser.add_argument("--json", type=Path)

@@ -15,8 +15,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 t2l() { "$PYTHON" -m server.cli "$@"; }
 
 if [[ "${1:-}" == "--smoke" ]]; then
-  export T2L_DEVICE=cpu
-  train=(--steps 2 --tasks-per-step 2 --examples-per-task 1 --max-len 64 --val-every 1 --ckpt-every 1
+  export T2L_DEVICE=cpu OMP_NUM_THREADS=1  # the two runs side by side, one core each
+  train=(--steps 2 --tasks-per-step 2 --examples-per-task 1 --max-len 64 --val-every 2 --ckpt-every 1
          --val-examples 1 --warmup-steps 1)
   evals=(--tasks 2 --examples 1 --max-new-tokens 4)
   held=(--tasks 2 --examples 1 --max-new-tokens 4)

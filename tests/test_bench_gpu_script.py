@@ -29,9 +29,8 @@ def test_gpu_bench_smoke_writes_engine_and_server_results(smollm2_dir, tmp_path)
     ]
     engine = json.loads((tmp_path / "engine.json").read_text())
     assert engine["setup"]["dtype"] == "bfloat16" and engine["setup"]["device"] == "cpu"
-    for batch in ("batch8", "batch16"):
-        row = engine["throughput"][batch]
-        assert row["plain_float32"]["tokens_per_s"] > 0 and row["8_adapters"]["tokens_per_s"] > 0
+    row = engine["throughput"]["batch8"]  # the smoke measures batch 8 only
+    assert row["plain_float32"]["tokens_per_s"] > 0 and row["8_adapters"]["tokens_per_s"] > 0
     server = json.loads((tmp_path / "server.json").read_text())
     assert server, "bench.server wrote an empty result"
     assert "target: busy TTFT" in (tmp_path / "engine.txt").read_text()

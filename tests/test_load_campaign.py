@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 
 def test_the_campaign_loses_nothing_and_detects_every_corruption(smollm2_dir, tmp_path):
     out = tmp_path / "load.json"
-    small = "--requests 48 --clients 8 --streams 3 --descriptions 16 --max-tokens 4 --deadline-s 300"
+    small = "--requests 48 --clients 8 --streams 3 --stream-tokens 48 --descriptions 16 --max-tokens 4"
+    small += " --deadline-s 300"
     command = [sys.executable, "-m", "bench.load", *small.split(), "--json", str(out)]
     done = subprocess.run(command, cwd=REPO_ROOT, env=os.environ, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

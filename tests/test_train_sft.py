@@ -341,15 +341,16 @@ def test_validation_logs_how_much_the_description_matters(
     under each task's own; zero for an identity hypernetwork, logged beside val_loss."""
     trainer = make_trainer(tiny_chat_base, tiny_chat_checkpoint, embedder, tmp_path, steps=2, val_every=2)
     trainer.val_tasks = toy_tasks()
-    assert trainer.diagnostics()["val_mismatch_gap"] == pytest.approx(0.0, abs=1e-6)  # B = 0: no adapter
+    assert trainer.validation()["val_mismatch_gap"] == pytest.approx(0.0, abs=1e-6)  # B = 0: no adapter
     randomize = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for head in trainer.hypernet.heads.values():
             head.weight.copy_(torch.randn(head.weight.shape, generator=randomize) * 0.05)
     matched, mismatched = trainer._val_losses(0), trainer._val_losses(1)
     gap = sum(m - o for m, o in zip(mismatched, matched, strict=True)) / 3
-    assert trainer.diagnostics()["val_mismatch_gap"] == pytest.approx(gap) and gap != 0
-    assert trainer.validate() == pytest.approx(sum(matched) / 3)
+    figures = trainer.validation()
+    assert figures["val_mismatch_gap"] == pytest.approx(gap) and gap != 0
+    assert figures["val_loss"] == trainer.validate() == pytest.approx(sum(matched) / 3)
     trainer.run()
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all("val_mismatch_gap" in line for line in logged if "val_loss" in line)

@@ -128,11 +128,7 @@ def cmd_train_recon(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_train_sft(args: argparse.Namespace, settings: Settings) -> None:
     trainer = _trainer(args, settings, lora=False)
     if args.validate_only:  # the starting checkpoint's validation figures, nothing trained or written
-        print(
-            json.dumps(
-                {"checkpoint": trainer.config.id, "val_loss": trainer.validate(), **trainer.diagnostics()}
-            )
-        )
+        print(json.dumps({"checkpoint": trainer.config.id, **trainer.validation()}))
         return
     _run(trainer, "checkpoint")
 

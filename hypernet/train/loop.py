@@ -90,9 +90,9 @@ class Trainer:
         """What the exported result records about its training, beyond the loop's settings."""
         return {}
 
-    def diagnostics(self) -> dict:
-        """More validation figures to log beside ``val_loss`` (never used to select a model)."""
-        return {}
+    def validation(self) -> dict:
+        """``val_loss`` (the figure that selects the model) and any more figures to log beside it."""
+        return {"val_loss": self.validate()}
 
     # ---- shared machinery
 
@@ -205,7 +205,7 @@ class Trainer:
         last: dict = {}
         if self.step == 0 and self.rank == 0:  # the curve's start: an untrained hypernetwork is the base
             with log.open("a") as f:
-                f.write(json.dumps({"step": 0, "val_loss": self.validate(), **self.diagnostics()}) + "\n")
+                f.write(json.dumps({"step": 0, **self.validation()}) + "\n")
         bar = tqdm(
             total=self.cfg.steps, initial=self.step, desc="sft", dynamic_ncols=True, disable=self.rank > 0
         )
@@ -224,8 +224,7 @@ class Trainer:
             if self.rank > 0:
                 continue  # one process validates, logs and saves
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
-                last["val_loss"] = self.validate()
-                last.update(self.diagnostics())
+                last.update(self.validation())
                 if last["val_loss"] < self.best_val:
                     self._export_best(last["val_loss"])
             with log.open("a") as f:

@@ -262,11 +262,15 @@ class SFTTrainer(Trainer):
         losses = self._val_losses(0)
         return sum(losses) / len(losses) if losses else float("nan")
 
-    def diagnostics(self) -> dict:
-        """How much the description matters on unseen tasks: the validation loss when each task gets the
-        next validation task's description, minus the loss under its own (0 for a fixed LoRA)."""
-        if not self.reads_descriptions or len(self.val_tasks) < 2:
-            return {}
-        matched, mismatched = self._val_losses(0), self._val_losses(1)
-        gap = sum(m - o for m, o in zip(mismatched, matched, strict=True)) / len(matched)
-        return {"val_mismatch_gap": gap}
+    def validation(self) -> dict:
+        """``val_loss``, and how much the description matters on unseen tasks: ``val_mismatch_gap``, the
+        validation loss when each task gets the next validation task's description minus the loss under
+        its own (0 for a fixed LoRA; not logged for one). The matched losses serve both."""
+        matched = self._val_losses(0)
+        figures = {"val_loss": sum(matched) / len(matched) if matched else float("nan")}
+        if self.reads_descriptions and len(matched) >= 2:
+            mismatched = self._val_losses(1)
+            figures["val_mismatch_gap"] = sum(m - o for m, o in zip(mismatched, matched, strict=True)) / len(
+                matched
+            )
+        return figures
