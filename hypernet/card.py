@@ -10,6 +10,28 @@ def _command(argv: str) -> str:
     return f"t2l {rest}" if program.endswith("t2l") else argv
 
 
+def _reproduce(training: dict) -> list[str]:
+    """The command of every training leg, first leg first: a continuation (``--init``) starts from the
+    weights the leg before it selected, so the table above is the last leg's alone."""
+    legs = [training]
+    while "continues" in legs[-1]:
+        legs.append(legs[-1]["continues"])
+    lines = ["Reproduce:", ""]
+    if len(legs) > 1:
+        lines += [
+            f"{len(legs)} legs, each from the weights the one before it selected (its `--init`; "
+            "the optimizer starts fresh):",
+            "",
+        ]
+    lines.append("```bash")
+    for leg in reversed(legs):
+        if len(legs) > 1:
+            val_loss = leg.get("val_loss", float("nan"))
+            lines.append(f"# {leg.get('steps', '?')} steps, selected validation loss {val_loss:.4f}")
+        lines.append(_command(str(leg.get("command", "?"))))
+    return [*lines, "```"]
+
+
 def model_card(config: CheckpointConfig, results: list[dict]) -> str:
     """Markdown: the network, its base and embedder, the training provenance, and each evaluation given."""
     hyper, training, embedder = config.hypernet, config.training, config.embedder
@@ -46,14 +68,14 @@ def model_card(config: CheckpointConfig, results: list[dict]) -> str:
         "| setting | value |",
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in settings.items()),
-        f"| last training loss | {training.get('last_loss', float('nan')):.4f} |",
+        *(
+            [f"| training loss at this step | {training['last_loss']:.4f} |"]
+            if "last_loss" in training
+            else []
+        ),
         f"| validation loss (val tasks) | {training.get('val_loss', float('nan')):.4f} |",
         "",
-        "Reproduce:",
-        "",
-        "```bash",
-        _command(str(training.get("command", "?"))),
-        "```",
+        *_reproduce(training),
     ]
     for result in results:
         lines += ["", f"## Evaluation: {result['benchmark']}", ""]

@@ -138,13 +138,15 @@ class Trainer:
             **extra,
         }
 
-    def _export_best(self, val_loss: float) -> None:
+    def _export_best(self, val_loss: float, loss: float) -> None:
         """Export the weights of a new lowest validation loss to ``out/best`` (model selection)."""
         self.best_val = val_loss
         tmp, best = self.out / "best.tmp", self.out / "best"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        training = self._training({"val_loss": val_loss, "selected": "lowest validation loss"})
+        training = self._training(
+            {"last_loss": loss, "val_loss": val_loss, "selected": "lowest validation loss"}
+        )
         self.export(self.hypernet, self.config.model_copy(update={"training": training}), tmp)
         shutil.rmtree(best, ignore_errors=True)
         tmp.rename(best)
@@ -226,7 +228,7 @@ class Trainer:
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 last.update(self.validation())
                 if last["val_loss"] < self.best_val:
-                    self._export_best(last["val_loss"])
+                    self._export_best(last["val_loss"], loss)
             with log.open("a") as f:
                 f.write(json.dumps(last) + "\n")
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
