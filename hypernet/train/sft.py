@@ -259,18 +259,19 @@ class SFTTrainer(Trainer):
 
     def validate(self) -> float:
         """Loss on the validation tasks (never trained on), each under its own description."""
-        losses = self._val_losses(0)
-        return sum(losses) / len(losses) if losses else float("nan")
+        return _mean(self._val_losses(0))
 
     def validation(self) -> dict:
         """``val_loss``, and how much the description matters on unseen tasks: ``val_mismatch_gap``, the
         validation loss when each task gets the next validation task's description minus the loss under
         its own (0 for a fixed LoRA; not logged for one). The matched losses serve both."""
         matched = self._val_losses(0)
-        figures = {"val_loss": sum(matched) / len(matched) if matched else float("nan")}
+        figures = {"val_loss": _mean(matched)}
         if self.reads_descriptions and len(matched) >= 2:
             mismatched = self._val_losses(1)
-            figures["val_mismatch_gap"] = sum(m - o for m, o in zip(mismatched, matched, strict=True)) / len(
-                matched
-            )
+            figures["val_mismatch_gap"] = _mean([m - o for m, o in zip(mismatched, matched, strict=True)])
         return figures
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
