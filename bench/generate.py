@@ -42,7 +42,9 @@ def main() -> None:
 
     settings = Settings()
     path = settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
-    generator = AdapterGenerator.load(path, device=settings.torch_device())
+    generator = AdapterGenerator.load(
+        path, device=settings.torch_device(), runtime=settings.embedder_runtime, cache_dir=settings.cache_dir
+    )
     bare = generator.embedder.model
     texts = descriptions(settings.data_dir, args.n + 20)
     warm, new = texts[:20], texts[20:]
@@ -78,6 +80,7 @@ def main() -> None:
         "rank": generator.config.hypernet.rank,
         "targets": generator.config.hypernet.target_modules,
         "embedder": generator.embedder.name,
+        "embedder_runtime": generator.embedder.runtime,
         "torch_threads": torch.get_num_threads(),
         "device": settings.torch_device(),
     }

@@ -353,7 +353,10 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
     generator = AdapterGenerator.load(
-        settings.checkpoint or default_checkpoint(settings.checkpoints_dir), device=settings.torch_device()
+        settings.checkpoint or default_checkpoint(settings.checkpoints_dir),
+        device=settings.torch_device(),
+        runtime=settings.embedder_runtime,
+        cache_dir=settings.cache_dir,
     )  # as the server loads it
     generator.generate(warm)  # the library's first call pays for lazy initialisation too
     try:

@@ -35,12 +35,20 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         check_compatible(config, path, base=spec)
     device = settings.torch_device()
     remote = settings.trust_remote_code
+    runtime, cache = settings.embedder_runtime, settings.cache_dir
     embedder = (
-        Embedder(args.embedder, settings.embedder_pooling, device, trust_remote_code=remote)
+        Embedder(
+            args.embedder,
+            settings.embedder_pooling,
+            device,
+            trust_remote_code=remote,
+            runtime=runtime,
+            cache_dir=cache,
+        )
         if args.embedder
         else None
     )
-    generator = AdapterGenerator.load(path, embedder=embedder, device=device, trust_remote_code=remote)
+    generator = AdapterGenerator.load(path, embedder, device, remote, runtime, cache)
     (adapter,), timings = generator.generate([args.description])
     start = time.perf_counter()
     adapter.save_peft(args.output)

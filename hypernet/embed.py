@@ -5,17 +5,23 @@ inputs of the same magnitude whichever embedder is used. A small LRU keeps recen
 the embedder is the costliest part of generating an adapter, and descriptions repeat.
 """
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from hypernet.embed_onnx import OnnxTransformer
 from hypernet.errors import T2LError
 from hypernet.mirrors import resolve_embedder
+from hypernet.settings import EmbedderRuntime
 from hypernet.settings import Pooling as PoolingMode
+
+log = logging.getLogger("t2l.embed")
 
 
 def normalize_description(text: str) -> str:
@@ -44,7 +50,11 @@ class Embedder:
         device: str = "cpu",
         cache_size: int = 1024,
         trust_remote_code: bool = False,
+        runtime: EmbedderRuntime = "torch",
+        cache_dir: Path | None = None,
     ):
+        """``runtime="onnx"`` runs the transformer on ONNX Runtime (CPU only; ``hypernet.embed_onnx``),
+        its graph exported once into ``cache_dir``; where that cannot be done, PyTorch runs it."""
         self.name, self.pooling, self.device = name, pooling, device
         try:
             model = SentenceTransformer(
@@ -64,6 +74,18 @@ class Embedder:
         self._cache: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.onnx = self._onnx(cache_dir) if runtime == "onnx" else None
+        self.runtime: EmbedderRuntime = "onnx" if self.onnx else "torch"
+
+    def _onnx(self, cache_dir: Path | None) -> OnnxTransformer | None:
+        if torch.device(self.device).type != "cpu" or cache_dir is None:
+            log.info("embedder %s runs on PyTorch: ONNX Runtime is used on the CPU only", self.name)
+            return None
+        try:
+            return OnnxTransformer(self.model, cache_dir)
+        except Exception as err:  # an architecture the exporter cannot trace still embeds, on PyTorch
+            log.warning("embedder %s runs on PyTorch: ONNX export failed (%s)", self.name, err)
+            return None
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
         return [
@@ -74,9 +96,16 @@ class Embedder:
     @torch.inference_mode()
     def _embed_new(self, texts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         truncated = [n > self.max_tokens for n in self._count_tokens(texts)]
-        vectors = self.model.encode(
-            texts, convert_to_tensor=True, batch_size=len(texts), show_progress_bar=False
-        ).float()
+        if self.onnx is None:
+            vectors = self.model.encode(
+                texts, convert_to_tensor=True, batch_size=len(texts), show_progress_bar=False
+            ).float()
+        else:  # the transformer on ONNX Runtime, then the model's own pooling modules, as encode runs them
+            features = self.model.preprocess(texts)
+            features["token_embeddings"] = self.onnx(features)
+            for i in range(1, len(self.model)):
+                features = self.model[i](features)
+            vectors = features["sentence_embedding"].float()
         vectors = torch.nn.functional.normalize(vectors, dim=-1) * self.dim**0.5
         return vectors, truncated
 

@@ -14,6 +14,7 @@ from hypernet.blend import Blend, mix_embeddings, mix_weights
 from hypernet.checkpoint import CheckpointConfig, EmbedderSpec, load_checkpoint, read_config
 from hypernet.embed import Embedder, normalize_description
 from hypernet.model import HyperLoRA
+from hypernet.settings import EmbedderRuntime
 
 
 @dataclass
@@ -36,11 +37,19 @@ class AdapterGenerator:
         embedder: Embedder | None = None,
         device: str = "cpu",
         trust_remote_code: bool = False,
+        runtime: EmbedderRuntime = "torch",
+        cache_dir: Path | None = None,
     ) -> "AdapterGenerator":
-        """Load ``checkpoint``; with no ``embedder`` given, the one the checkpoint names is loaded."""
+        """Load ``checkpoint``; with no ``embedder`` given, the one the checkpoint names is loaded (its
+        transformer on ``runtime``, an ONNX graph cached in ``cache_dir``: ``hypernet.embed``)."""
         recorded = read_config(checkpoint).embedder
         embedder = embedder or Embedder(
-            recorded.name, recorded.pooling, device, trust_remote_code=trust_remote_code
+            recorded.name,
+            recorded.pooling,
+            device,
+            trust_remote_code=trust_remote_code,
+            runtime=runtime,
+            cache_dir=cache_dir,
         )
         spec = EmbedderSpec(name=embedder.name, dim=embedder.dim, pooling=embedder.pooling)
         model, config = load_checkpoint(checkpoint, device=device, embedder=spec)

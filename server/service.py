@@ -45,7 +45,7 @@ class Service:
         path: Path = s.checkpoint or default_checkpoint(s.checkpoints_dir)
         self.checkpoint_path = path
         self.generator = await asyncio.to_thread(
-            AdapterGenerator.load, path, None, device, s.trust_remote_code
+            AdapterGenerator.load, path, None, device, s.trust_remote_code, s.embedder_runtime, s.cache_dir
         )
         config = self.generator.config
         self.checkpoint = config
@@ -87,7 +87,15 @@ class Service:
             log.warning("Redis at %s is unreachable: starting degraded (L1 and generation only)", url)
         self._watch = asyncio.create_task(self._watch_redis())
         self._listen = asyncio.create_task(self._listen_invalidations())
-        log.info("ready: base %s, checkpoint %s (%s), Redis %s", s.base_model, config.id, config.status, url)
+        log.info(
+            "ready: base %s, checkpoint %s (%s), embedder %s on %s, Redis %s",
+            s.base_model,
+            config.id,
+            config.status,
+            self.generator.embedder.name,
+            self.generator.embedder.runtime,
+            url,
+        )
 
     async def _local(self, device: str) -> LocalBackend:
         """Our engine: the base model resident here, its target linears wrapped for per-row LoRA."""
