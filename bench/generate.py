@@ -43,7 +43,7 @@ def main() -> None:
     settings = Settings()
     path = settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
     generator = AdapterGenerator.load(
-        path, device=settings.torch_device(), runtime=settings.embedder_runtime, cache_dir=settings.cache_dir
+        path, device=settings.torch_device(), runtime=settings.generator_runtime, cache_dir=settings.cache_dir
     )
     bare = generator.embedder.model
     texts = descriptions(settings.data_dir, args.n + 20)
@@ -81,6 +81,7 @@ def main() -> None:
         "targets": generator.config.hypernet.target_modules,
         "embedder": generator.embedder.name,
         "embedder_runtime": generator.embedder.runtime,
+        "hypernet_runtime": generator.runtime,
         "torch_threads": torch.get_num_threads(),
         "device": settings.torch_device(),
     }

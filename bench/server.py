@@ -355,7 +355,7 @@ def main() -> None:
     generator = AdapterGenerator.load(
         settings.checkpoint or default_checkpoint(settings.checkpoints_dir),
         device=settings.torch_device(),
-        runtime=settings.embedder_runtime,
+        runtime=settings.generator_runtime,
         cache_dir=settings.cache_dir,
     )  # as the server loads it
     generator.generate(warm)  # the library's first call pays for lazy initialisation too

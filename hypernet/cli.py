@@ -35,7 +35,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         check_compatible(config, path, base=spec)
     device = settings.torch_device()
     remote = settings.trust_remote_code
-    runtime, cache = settings.embedder_runtime, settings.cache_dir
+    runtime, cache = settings.generator_runtime, settings.cache_dir
     embedder = (
         Embedder(
             args.embedder,

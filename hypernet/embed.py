@@ -18,8 +18,8 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from hypernet.embed_onnx import OnnxTransformer
 from hypernet.errors import T2LError
 from hypernet.mirrors import resolve_embedder
-from hypernet.settings import EmbedderRuntime
 from hypernet.settings import Pooling as PoolingMode
+from hypernet.settings import Runtime
 
 log = logging.getLogger("t2l.embed")
 
@@ -50,7 +50,7 @@ class Embedder:
         device: str = "cpu",
         cache_size: int = 1024,
         trust_remote_code: bool = False,
-        runtime: EmbedderRuntime = "torch",
+        runtime: Runtime = "torch",
         cache_dir: Path | None = None,
     ):
         """``runtime="onnx"`` runs the transformer on ONNX Runtime (CPU only; ``hypernet.embed_onnx``),
@@ -75,7 +75,7 @@ class Embedder:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.onnx = self._onnx(cache_dir) if runtime == "onnx" else None
-        self.runtime: EmbedderRuntime = "onnx" if self.onnx else "torch"
+        self.runtime: Runtime = "onnx" if self.onnx else "torch"
 
     def _onnx(self, cache_dir: Path | None) -> OnnxTransformer | None:
         if torch.device(self.device).type != "cpu" or cache_dir is None:

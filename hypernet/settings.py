@@ -11,7 +11,7 @@ DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
 Pooling = Literal["model", "cls", "mean", "lasttoken", "max"]
-EmbedderRuntime = Literal["torch", "onnx"]
+Runtime = Literal["torch", "onnx"]
 
 
 class Settings(BaseSettings):
@@ -24,10 +24,10 @@ class Settings(BaseSettings):
     )
     embedder: str = Field(DEFAULT_EMBEDDER, description="sentence-transformers model id or local folder")
     embedder_pooling: Pooling = Field("model", description="'model' keeps the embedder's own pooling")
-    embedder_runtime: EmbedderRuntime = Field(
+    generator_runtime: Runtime = Field(
         "onnx",
-        description="what runs the embedder's transformer when adapters are generated on a CPU: 'onnx' "
-        "(ONNX Runtime, exported once into the cache folder) or 'torch'",
+        description="what runs the embedder's transformer and the hypernetwork when adapters are generated "
+        "on a CPU: 'onnx' (ONNX Runtime, graphs exported once into the cache folder) or 'torch'",
     )
     checkpoint: Path | None = Field(None, description="hypernetwork checkpoint folder; unset = the default")
     checkpoints_dir: Path = Field(REPO_ROOT / "checkpoints", description="home of shipped and local models")

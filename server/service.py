@@ -45,7 +45,7 @@ class Service:
         path: Path = s.checkpoint or default_checkpoint(s.checkpoints_dir)
         self.checkpoint_path = path
         self.generator = await asyncio.to_thread(
-            AdapterGenerator.load, path, None, device, s.trust_remote_code, s.embedder_runtime, s.cache_dir
+            AdapterGenerator.load, path, None, device, s.trust_remote_code, s.generator_runtime, s.cache_dir
         )
         config = self.generator.config
         self.checkpoint = config
@@ -88,10 +88,11 @@ class Service:
         self._watch = asyncio.create_task(self._watch_redis())
         self._listen = asyncio.create_task(self._listen_invalidations())
         log.info(
-            "ready: base %s, checkpoint %s (%s), embedder %s on %s, Redis %s",
+            "ready: base %s, checkpoint %s (%s) on %s, embedder %s on %s, Redis %s",
             s.base_model,
             config.id,
             config.status,
+            self.generator.runtime,
             self.generator.embedder.name,
             self.generator.embedder.runtime,
             url,

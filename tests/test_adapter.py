@@ -76,3 +76,26 @@ def test_generation_metadata_and_timings(generator):
     assert adapters[0].metadata["base_fingerprint"] == generator.config.base.fingerprint
     assert 0 < timings.embed_ms <= timings.total_ms and 0 < timings.hypernet_ms <= timings.total_ms
     assert not torch.equal(adapters[0].B["q_proj"], adapters[1].B["q_proj"])
+
+
+def test_the_hypernetwork_on_onnx_runtime_makes_pytorchs_adapters_from_a_graph_per_checkpoint(
+    generator, tiny_checkpoint, embedder, tmp_path
+):
+    onnx = AdapterGenerator.load(tiny_checkpoint, embedder=embedder, runtime="onnx", cache_dir=tmp_path)
+    assert onnx.runtime == "onnx"
+    texts = ["Translate English sentences to French.", "Classify reviews as positive or negative."]
+    ours, _ = onnx.generate(texts)
+    reference, _ = generator.generate(texts)
+    for a, b in zip(ours, reference, strict=True):
+        assert float(a.B["q_proj"].abs().max()) > 0  # real adapters, not the identity
+        for m in a.A:
+            torch.testing.assert_close(a.A[m], b.A[m], atol=1e-5, rtol=0)
+            torch.testing.assert_close(a.B[m], b.B[m], atol=1e-5, rtol=0)
+    (graph,) = (tmp_path / "onnx").glob("hypernet-*.onnx")
+    exported = graph.stat().st_mtime_ns
+    AdapterGenerator.load(tiny_checkpoint, embedder=embedder, runtime="onnx", cache_dir=tmp_path)
+    assert graph.stat().st_mtime_ns == exported  # the same weights: the same graph, not exported again
+    with torch.no_grad():
+        onnx.model.heads["q_proj"].weight.mul_(2)  # other weights (another checkpoint): a graph of its own
+    AdapterGenerator(onnx.model, onnx.config, embedder, tiny_checkpoint, "onnx", tmp_path)
+    assert len(list((tmp_path / "onnx").glob("hypernet-*.onnx"))) == 2
