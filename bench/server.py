@@ -439,6 +439,7 @@ def main() -> None:
         "checkpoint_status": ready["checkpoint_status"],
         "checkpoint_setting": str(settings.checkpoint) if settings.checkpoint else "default",
         "base": settings.base_model,
+        "generator_runtime": f"hypernetwork {generator.runtime}, embedder {generator.embedder.runtime}",
         "n": args.n,
         "warmup": WARMUP,
         "max_tokens": args.max_tokens,
