@@ -15,7 +15,7 @@ from hypernet.blend import Blend, mix_embeddings, mix_weights
 from hypernet.checkpoint import CheckpointConfig, EmbedderSpec, load_checkpoint, read_config
 from hypernet.embed import Embedder, normalize_description
 from hypernet.model import HyperLoRA
-from hypernet.onnx_graph import cached_session, content_key
+from hypernet.model_onnx import OnnxHypernet
 from hypernet.settings import Runtime
 
 log = logging.getLogger("t2l.generator")
@@ -26,39 +26,6 @@ class Timings:
     embed_ms: float
     hypernet_ms: float
     total_ms: float
-
-
-class _Flat(torch.nn.Module):
-    """The hypernetwork with its outputs as one tuple (A of every target module, then B), for export."""
-
-    def __init__(self, model: HyperLoRA):
-        super().__init__()
-        self.model = model
-
-    def forward(self, task_emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        A, B = self.model(task_emb)
-        return (*A.values(), *B.values())
-
-
-class OnnxHypernet:
-    """The hypernetwork's forward pass on ONNX Runtime (``hypernet.onnx_graph``): the same A and B to
-    1e-6, about 1.8x sooner on this CPU; its graph is keyed by the checkpoint's weights."""
-
-    def __init__(self, model: HyperLoRA, config: CheckpointConfig, cache_dir: Path):
-        self.targets = list(model.config.target_modules)
-        outputs = [f"{side}_{m}" for side in "AB" for m in self.targets]
-        self.session = cached_session(
-            _Flat(model),
-            {"task_emb": torch.zeros(1, model.config.embed_dim)},
-            outputs,
-            {n: {0: "n"} for n in ("task_emb", *outputs)},
-            cache_dir / "onnx" / f"hypernet-{content_key(model, model.config.model_dump())}.onnx",
-        )
-
-    def __call__(self, task_emb: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        out = [torch.from_numpy(t) for t in self.session.run(None, {"task_emb": task_emb.numpy()})]
-        k = len(self.targets)
-        return dict(zip(self.targets, out[:k], strict=True)), dict(zip(self.targets, out[k:], strict=True))
 
 
 class AdapterGenerator:
@@ -78,7 +45,7 @@ class AdapterGenerator:
         self.runtime: Runtime = "torch"
         if runtime == "onnx" and cache_dir is not None and next(model.parameters()).device.type == "cpu":
             try:
-                self.hypernet, self.runtime = OnnxHypernet(model, config, cache_dir), "onnx"
+                self.hypernet, self.runtime = OnnxHypernet(model, cache_dir), "onnx"
             except Exception as err:  # the hypernetwork is ours and exports; if not, PyTorch runs it
                 log.warning("hypernetwork runs on PyTorch: ONNX export failed (%s)", err)
 
