@@ -143,10 +143,13 @@ class AdapterStore:
         return "t2l-" + hashlib.sha256(key).hexdigest()[:32]
 
     def _generate(self, spec: str | Blend) -> tuple[LoraAdapter, Timings]:
+        """On the generation thread, the cast to the stored dtype included: a torch op on the event
+        loop's thread would start an OpenMP team of its own there, beside the engine's."""
         if isinstance(spec, Blend) and spec.single is None:
-            return self.generator.generate_blend(spec)
-        (adapter,), timings = self.generator.generate([spec.single if isinstance(spec, Blend) else spec])
-        return adapter, timings
+            adapter, timings = self.generator.generate_blend(spec)
+        else:
+            (adapter,), timings = self.generator.generate([spec.single if isinstance(spec, Blend) else spec])
+        return adapter.to(self.dtype), timings
 
     # ---- Redis, every call guarded: an outage degrades the store, never fails a request
 
@@ -272,7 +275,6 @@ class AdapterStore:
                     return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
                 loop = asyncio.get_running_loop()
                 adapter, timings = await loop.run_in_executor(self._generating, self._generate, spec)
-                adapter = adapter.to(self.dtype)
                 self.generations += 1
                 self.metrics.lookups.labels("generated").inc()
                 self.metrics.generation_seconds.labels("embed").observe(timings.embed_ms / 1000)
