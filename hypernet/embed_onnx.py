@@ -2,7 +2,8 @@
 
 Only the sentence-transformers model's first module (the Hugging Face transformer) is exported; its
 pooling and normalisation modules still run in PyTorch, so every pooling mode behaves as before. For
-all-MiniLM-L6-v2 on this CPU the transformer ran about 2.4x faster, its vectors equal to 1e-6.
+all-MiniLM-L6-v2 on our 2-core CPU an embed took 0.57x a bare ``encode`` (``bench.generate``), its
+vectors equal to PyTorch's to 1e-5.
 """
 
 import inspect

@@ -23,7 +23,8 @@ class _Flat(torch.nn.Module):
 
 class OnnxHypernet:
     """The hypernetwork's forward pass on ONNX Runtime (``hypernet.onnx_graph``): the same A and B to
-    1e-6, about 1.8x sooner on this CPU; its graph is keyed by the checkpoint's weights."""
+    1e-5 in 0.62x PyTorch's time on our 2-core CPU (``bench.generate``); the graph is keyed by the
+    checkpoint's weights."""
 
     def __init__(self, model: HyperLoRA, cache_dir: Path):
         self.targets = list(model.config.target_modules)

@@ -27,7 +27,7 @@ def content_key(module: torch.nn.Module, config: object) -> str:
     digest.update(f"{torch.__version__} opset {OPSET}".encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -37,7 +37,6 @@ def cached_session(
     outputs: list[str],
     dynamic_axes: dict[str, dict[int, str]],
     path: Path,
-    threads: int | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` for ``module`` (called with ``sample``'s tensors, positionally;
     ``dynamic_axes`` as ``torch.onnx.export`` takes them), exported to ``path`` first if not there."""
@@ -62,7 +61,7 @@ def cached_session(
         staging.replace(path)  # whole or absent, even with two processes exporting at once
         log.info("exported %s to %s", type(module).__name__, path)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     # idle pool threads would spin on the cores the base model decodes on: they sleep instead
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
