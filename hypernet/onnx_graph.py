@@ -27,7 +27,7 @@ def content_key(module: torch.nn.Module, config: object) -> str:
     digest.update(f"{torch.__version__} opset {OPSET}".encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()
 
 
