@@ -68,3 +68,15 @@ def test_the_image_runs_as_a_non_root_user():
     last_user = max(i for i, words in enumerate(lines) if words[0] == "USER")
     entry = max(i for i, words in enumerate(lines) if words[0] in ("CMD", "ENTRYPOINT"))
     assert last_user < entry
+
+
+def test_the_image_exports_the_onnx_graphs_at_build_time():
+    """The generator's graphs are exported by one generation after setup, into the image (not a volume),
+    so containers start with them."""
+    runs = [line for line in (DOCKER / "Dockerfile").read_text().splitlines() if line.startswith("RUN ")]
+    setup = next(i for i, line in enumerate(runs) if "make setup" in line)
+    warm = [i for i, line in enumerate(runs) if "t2l generate" in line]
+    assert warm and warm[0] > setup
+    settings = ServerSettings(_env_file=None)
+    assert settings.generator_runtime == "onnx"
+    assert settings.cache_dir.resolve().parent.parent == Path(__file__).resolve().parents[1]
