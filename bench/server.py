@@ -58,6 +58,7 @@ from server.settings import ServerSettings
 REPO = Path(__file__).resolve().parents[1]
 TARGET_LOAD_RATIO = 1.25  # issue 13: a request arriving during long generations, against an idle server
 TARGETS_MS = {"l1": 1.0, "redis": 3.0, "cold": 25.0}
+PARTS = ("embed", "hypernet", "redis_read", "decode")  # the server's timings_ms besides its total
 TARGET_TTFT_EXTRA_MS = 20.0
 WARMUP = 10
 PROMPT = "Is the following review positive or negative? 'The plot dragged, but the acting was superb.'"
@@ -227,13 +228,14 @@ def under_load(url: str, model: str, streams: int, texts: list[str], max_tokens:
 
 
 def tier(client: httpx.Client, texts: list[str], expect: str | bool) -> dict[str, list[float]]:
-    """Client ms, and the server's store total (and embed/hypernet when it generated), per request."""
-    rows: dict[str, list[float]] = {"client": [], "server": [], "embed": [], "hypernet": []}
+    """Client ms, and the server's store total and its parts (embed/hypernet when it generated, the
+    Redis read and the entry's check-and-decode on a Redis hit), per request."""
+    rows: dict[str, list[float]] = {"client": [], "server": [], **{part: [] for part in PARTS}}
     for text in texts:
         elapsed, timings = post_adapter(client, text, expect)
         rows["client"].append(elapsed)
         rows["server"].append(timings["total"])
-        for part in ("embed", "hypernet"):
+        for part in PARTS:
             if timings.get(part) is not None:
                 rows[part].append(timings[part])
     return {k: v for k, v in rows.items() if v}
@@ -402,7 +404,7 @@ def main() -> None:
     for key in ("cold", "l1", "redis"):
         result[f"adapters_{key}"] = summary(rows[key]["client"])
         result[f"adapters_{key}_server"] = summary(rows[key]["server"])
-        for part in ("embed", "hypernet"):
+        for part in PARTS:
             if part in rows[key]:
                 result[f"adapters_{key}_server_{part}"] = summary(rows[key][part])
     for part, samples in rows["cold_in_process"].items():  # the library's total, embed and hypernet
@@ -466,6 +468,8 @@ def main() -> None:
         "http_floor": ("  GET /healthz (HTTP floor)", "(interleaved)"),
         "adapters_redis": ("POST /v1/adapters Redis hit", f"<= {TARGETS_MS['redis']:.0f}"),
         "adapters_redis_server": ("  (server-side store time)", ""),
+        "adapters_redis_server_redis_read": ("  (server-side: Redis read)", ""),
+        "adapters_redis_server_decode": ("  (server-side: check, decode)", ""),
         "ttft_base": ("chat TTFT base model", ""),
         "ttft_new_description": ("chat TTFT new description", f"<= base + {TARGET_TTFT_EXTRA_MS:.0f}"),
         "ttft_new_description_under_load": (

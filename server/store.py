@@ -224,8 +224,13 @@ class AdapterStore:
         self._unsynced.add(record.id)
         return False
 
-    async def _read(self, adapter_id: str) -> Record | None:
+    async def _read(self, adapter_id: str, timings: dict[str, float] | None = None) -> Record | None:
+        """The entry from Redis, checked; ``timings`` gets the read's and the check-and-decode's ms."""
+        start = time.perf_counter()
         fields = await self._redis_call("read", lambda r: r.hgetall(KEY + adapter_id))
+        read = time.perf_counter()
+        if timings is not None:
+            timings["redis_read"] = (read - start) * 1000
         if not fields:
             return None
         try:
@@ -242,6 +247,8 @@ class AdapterStore:
                 or adapter.rank % self.generator.config.hypernet.rank  # blends by weights: k x r
             ):
                 raise T2LError("tensors made for another base or rank")
+            if timings is not None:
+                timings["decode"] = (time.perf_counter() - read) * 1000
             return Record(adapter_id, adapter, int(fields[b"created"]))
         except Exception as err:  # whatever is wrong with an entry, it is not trusted: discard it
             log.warning("discarding Redis entry %s: %s", adapter_id, err)
@@ -268,11 +275,12 @@ class AdapterStore:
                 if record is not None:
                     self.metrics.lookups.labels("l1").inc()
                     return Lookup(record, "l1", {"total": (time.perf_counter() - start) * 1000})
-                record = await self._read(adapter_id)
+                timings: dict[str, float] = {}
+                record = await self._read(adapter_id, timings)
                 if record is not None:
                     self.l1.put(record)
                     self.metrics.lookups.labels("redis").inc()
-                    return Lookup(record, "redis", {"total": (time.perf_counter() - start) * 1000})
+                    return Lookup(record, "redis", {**timings, "total": (time.perf_counter() - start) * 1000})
                 loop = asyncio.get_running_loop()
                 adapter, timings = await loop.run_in_executor(self._generating, self._generate, spec)
                 self.generations += 1

@@ -163,6 +163,11 @@ def test_adapters_survive_a_restart_in_redis(server_settings):
         again = httpx.post(f"{second.url}/v1/adapters", json={"description": MATH}).json()
         assert again["id"] == created["id"] and again["cached"] == "redis"
         assert second.service.store.generations == 0
+        parts = again["timings_ms"]  # where a Redis hit's time goes: the read, then check and decode
+        assert parts["embed"] is None and parts["hypernet"] is None
+        assert parts["redis_read"] > 0 and parts["decode"] > 0
+        assert parts["redis_read"] + parts["decode"] <= parts["total"]
+        assert created["timings_ms"]["redis_read"] is None and created["timings_ms"]["embed"] > 0
         by_id = httpx.get(f"{second.url}/v1/adapters/{created['id']}")
         assert by_id.json()["cached"] == "l1"
 

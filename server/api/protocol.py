@@ -28,8 +28,13 @@ class AdapterCreate(BaseModel):
 
 
 class AdapterTimings(BaseModel):
+    """Server-side ms: embed and hypernet when the adapter was generated, the Redis read and the
+    check-and-decode of its entry when it came from Redis, and the store's total either way."""
+
     embed: float | None = None
     hypernet: float | None = None
+    redis_read: float | None = None
+    decode: float | None = None
     total: float
 
 
