@@ -50,20 +50,28 @@ def test_the_baseline_trained_on_the_same_budget_ships_beside_it():
     assert any(b.abs().sum() > 0 for b in adapter.B.values())
     training = json.loads((BASELINE / "training.json").read_text())
     assert training["status"] == "multi-task-lora"
-    # the same sampler and batches; each side's step picked by its own validation loss. The T2L run went
-    # on from its first leg (once or more); the baseline's continuations, on the same batches, never beat
-    # their start, so the baseline is the first leg's counterpart.
-    legs = [shipped.training]
-    while "continues" in legs[-1]:
-        legs.append(legs[-1]["continues"])
+
+    # the same sampler and batches; each side's step picked by its own validation loss. Each leg of the
+    # baseline ran side by side with the T2L leg of the same seed (same batches, sampler, regularisers;
+    # the mismatched-description hinge is T2L's alone: a baseline has no description). A baseline
+    # continuation that never beat its start is not in its chain, so T2L may have more legs.
+    def chain(training: dict) -> list[dict]:
+        legs = [training]
+        while "continues" in legs[-1]:
+            legs.append(legs[-1]["continues"])
+        return legs
+
+    t2l_legs = {leg["settings"]["seed"]: leg for leg in chain(shipped.training)}
     sampler = ("tasks_per_step", "examples_per_task", "grad_accum", "max_len")
     regularisers = ("label_smoothing", "neftune_alpha", "l2_generated")
-    for leg in legs:
-        for key in (*sampler, *regularisers):
-            assert training["settings"][key] == leg["settings"][key], key
-        assert training["selected"] == leg["selected"] == "lowest validation loss"
-    first_run = legs[-1]
-    assert first_run["settings"] == training["settings"] and first_run["steps"] == training["steps"]
+    baseline_legs = chain(training)
+    for leg in baseline_legs:
+        twin = t2l_legs[leg["settings"]["seed"]]
+        for key in (*sampler, *regularisers, "lr", "warmup_steps"):
+            assert leg["settings"][key] == twin["settings"][key], key
+        assert leg["selected"] == twin["selected"] == "lowest validation loss"
+    first_run, first_twin = baseline_legs[-1], chain(shipped.training)[-1]
+    assert first_run["settings"] == first_twin["settings"] and first_run["steps"] == first_twin["steps"]
 
 
 def test_the_server_says_its_default_checkpoint_is_trained(clean_redis, tmp_path):
