@@ -10,12 +10,19 @@ def _command(argv: str) -> str:
     return f"t2l {rest}" if program.endswith("t2l") else argv
 
 
-def _reproduce(training: dict) -> list[str]:
-    """The command of every training leg, first leg first: a continuation (``--init``) starts from the
-    weights the leg before it selected, so the table above is the last leg's alone."""
+def training_legs(training: dict) -> list[dict]:
+    """A checkpoint's training provenance as its legs, newest first (each continuation records the
+    provenance of the weights it started from under ``continues``)."""
     legs = [training]
     while "continues" in legs[-1]:
         legs.append(legs[-1]["continues"])
+    return legs
+
+
+def _reproduce(training: dict) -> list[str]:
+    """The command of every training leg, first leg first: a continuation (``--init``) starts from the
+    weights the leg before it selected, so the table above is the last leg's alone."""
+    legs = training_legs(training)
     lines = ["Reproduce:", ""]
     if len(legs) > 1:
         lines += [

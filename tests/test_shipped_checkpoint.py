@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hypernet.adapter import LoraAdapter
+from hypernet.card import training_legs
 from hypernet.checkpoint import SHIPPED, default_checkpoint, read_config
 from hypernet.generator import AdapterGenerator
 from server.settings import ServerSettings
@@ -55,22 +56,17 @@ def test_the_baseline_trained_on_the_same_budget_ships_beside_it():
     # baseline ran side by side with the T2L leg of the same seed (same batches, sampler, regularisers;
     # the mismatched-description hinge is T2L's alone: a baseline has no description). A baseline
     # continuation that never beat its start is not in its chain, so T2L may have more legs.
-    def chain(training: dict) -> list[dict]:
-        legs = [training]
-        while "continues" in legs[-1]:
-            legs.append(legs[-1]["continues"])
-        return legs
-
-    t2l_legs = {leg["settings"]["seed"]: leg for leg in chain(shipped.training)}
+    t2l_legs = training_legs(shipped.training)
+    by_seed = {leg["settings"]["seed"]: leg for leg in t2l_legs}
     sampler = ("tasks_per_step", "examples_per_task", "grad_accum", "max_len")
     regularisers = ("label_smoothing", "neftune_alpha", "l2_generated")
-    baseline_legs = chain(training)
+    baseline_legs = training_legs(training)
     for leg in baseline_legs:
-        twin = t2l_legs[leg["settings"]["seed"]]
+        twin = by_seed[leg["settings"]["seed"]]
         for key in (*sampler, *regularisers, "lr", "warmup_steps"):
             assert leg["settings"][key] == twin["settings"][key], key
         assert leg["selected"] == twin["selected"] == "lowest validation loss"
-    first_run, first_twin = baseline_legs[-1], chain(shipped.training)[-1]
+    first_run, first_twin = baseline_legs[-1], t2l_legs[-1]
     assert first_run["settings"] == first_twin["settings"] and first_run["steps"] == first_twin["steps"]
 
 
