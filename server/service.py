@@ -25,6 +25,7 @@ from server.redis_server import EmbeddedRedis
 from server.settings import ServerSettings
 from server.slots import SlotBank
 from server.store import INVALIDATE, AdapterStore, L1Cache
+from server.threads import on_own_thread
 from server.vllm import VLLMBackend
 
 log = logging.getLogger("t2l.server")
@@ -44,7 +45,7 @@ class Service:
         device = s.torch_device()
         path: Path = s.checkpoint or default_checkpoint(s.checkpoints_dir)
         self.checkpoint_path = path
-        self.generator = await asyncio.to_thread(
+        self.generator = await on_own_thread(
             AdapterGenerator.load, path, None, device, s.trust_remote_code, s.generator_runtime, s.cache_dir
         )
         config = self.generator.config
@@ -100,10 +101,15 @@ class Service:
 
     async def _local(self, device: str) -> LocalBackend:
         """Our engine: the base model resident here, its target linears wrapped for per-row LoRA."""
+        backend = await on_own_thread(self._build_local, device)
+        backend.engine.start()
+        return backend
+
+    def _build_local(self, device: str) -> LocalBackend:
+        """The base model, slot bank and engine, built on a thread that ends (``server.threads``)."""
         s, config = self.settings, self.checkpoint
-        model, self.tokenizer = await asyncio.to_thread(
-            load_base, s.base_model, s.checkpoints_dir, getattr(torch, s.base_dtype), device
-        )
+        dtype = getattr(torch, s.base_dtype)
+        model, self.tokenizer = load_base(s.base_model, s.checkpoints_dir, dtype, device)
         check_compatible(
             config, self.checkpoint_path, base=spec_of(model, s.base_model, list(config.base.modules))
         )
@@ -122,7 +128,6 @@ class Service:
             s.max_queue,
             self.metrics,
         )
-        self.engine.start()
         return LocalBackend(self.engine, self.bank)
 
     async def _vllm(self) -> VLLMBackend:

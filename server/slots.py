@@ -52,6 +52,18 @@ def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
             dst.copy_(src)
 
 
+def _zero(dst: torch.Tensor) -> None:
+    """Zero in place; on CPU through numpy, for the same reason as ``_copy`` (and so that no torch
+    thread pool starts on the event loop's thread, ``server.threads``)."""
+    if dst.device.type == "cpu" and dst.dtype in NUMPY_DTYPES:
+        dst.numpy()[...] = 0
+    elif dst.device.type == "cpu" and dst.dtype == torch.bfloat16:
+        dst.view(torch.int16).numpy()[...] = 0  # +0.0 is all zero bits
+    else:
+        with torch.no_grad():
+            dst.zero_()
+
+
 class SlotBank:
     def __init__(
         self,
@@ -95,8 +107,8 @@ class SlotBank:
             _copy(self.A[m][slot, :, :r], adapter.A[m])
             _copy(self.B[m][slot, :, :, :r], adapter.B[m])
             if r < self.rank:
-                self.A[m][slot, :, r:].zero_()
-                self.B[m][slot, :, :, r:].zero_()
+                _zero(self.A[m][slot, :, r:])
+                _zero(self.B[m][slot, :, :, r:])
         self.activations_ms.append((time.perf_counter() - start) * 1000)
 
     async def acquire(self, adapter_id: str, adapter: LoraAdapter) -> int:

@@ -11,9 +11,9 @@ could not store once Redis answers again.
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,7 @@ from hypernet.embed import normalize_description
 from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator, Timings
 from server.metrics import Metrics
+from server.threads import on_own_thread
 
 log = logging.getLogger("t2l.store")
 KEY = "t2l:adapter:"
@@ -127,10 +128,10 @@ class AdapterStore:
         self._writes: set[asyncio.Task] = set()  # Redis writes in flight, awaited by ``flush``
         self.degraded = False
         self.generations = 0  # how many adapters this process generated (tests count single-flight)
-        # Every generation on one thread: each thread that runs torch gets its own OpenMP team, and with
-        # asyncio's pool generations alternated between two threads (the other busy with a Redis write),
-        # whose teams then competed for the same cores (py-spy on bench.server's cold POSTs).
-        self._generating = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2l-generate")
+        # One generation at a time, each on a thread that ends with it: two OpenMP teams at work compete
+        # for the same cores (py-spy on bench.server's cold POSTs), and an idle team left on a living
+        # thread slows the engine's every step (server.threads)
+        self._generating = threading.Lock()
         self.metrics.redis_up.set_function(lambda: 0 if self.degraded or self.redis is None else 1)
         self.metrics.redis_backlog.set_function(lambda: len(self._unsynced))
 
@@ -194,9 +195,8 @@ class AdapterStore:
             await asyncio.gather(*self._writes)
 
     async def close(self) -> None:
-        """Finish the Redis writes in flight and let the generation thread go."""
+        """Finish the Redis writes in flight."""
         await self.flush()
-        self._generating.shutdown(wait=False)
 
     async def _write(self, record: Record) -> bool:
         """Store one adapter; False (and remembered for a later retry) when Redis is unreachable."""
@@ -281,8 +281,9 @@ class AdapterStore:
                     self.l1.put(record)
                     self.metrics.lookups.labels("redis").inc()
                     return Lookup(record, "redis", {**timings, "total": (time.perf_counter() - start) * 1000})
-                loop = asyncio.get_running_loop()
-                adapter, timings = await loop.run_in_executor(self._generating, self._generate, spec)
+                adapter, timings = await on_own_thread(
+                    self._generate, spec, lock=self._generating, name="t2l-generate"
+                )
                 self.generations += 1
                 self.metrics.lookups.labels("generated").inc()
                 self.metrics.generation_seconds.labels("embed").observe(timings.embed_ms / 1000)

@@ -91,3 +91,21 @@ def test_bfloat16_bank_holds_the_adapter_rounded(tiny_spec):
     for m in A:
         assert torch.equal(A[m][0], adapter.A[m].to(torch.bfloat16))
         assert torch.equal(B[m][0], adapter.B[m].to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_narrow_adapter_in_a_wide_slot_leaves_the_extra_ranks_zero(tiny_spec, dtype):
+    """A slot that held a rank-4 adapter, reused by a rank-2 one: ranks 2-3 are zeroed (exact)."""
+    bank = SlotBank(tiny_spec, rank=4, slots=1, dtype=dtype)
+    narrow = random_adapter(tiny_spec, 5, rank=2)
+
+    async def run() -> int:
+        slot = await bank.acquire("wide", random_adapter(tiny_spec, 4, rank=4))
+        await bank.release(slot)
+        return await bank.acquire("narrow", narrow)
+
+    A, B = bank.gather([asyncio.run(run())])
+    for m in A:
+        assert torch.equal(A[m][0, :, :2], narrow.A[m].to(dtype))
+        assert torch.equal(B[m][0, ..., :2], narrow.B[m].to(dtype))
+        assert torch.count_nonzero(A[m][0, :, 2:]) == 0 and torch.count_nonzero(B[m][0, ..., 2:]) == 0

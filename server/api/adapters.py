@@ -11,11 +11,13 @@ import torch
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
+from hypernet.adapter import LoraAdapter
 from server.api.deps import adapter_spec, service
 from server.api.protocol import AdapterCreate, AdapterList, AdapterObject, AdapterTimings, Deleted
 from server.errors import APIError
 from server.service import Service
 from server.store import Record, Tier
+from server.threads import on_own_thread
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 Svc = Annotated[Service, Depends(service)]
@@ -98,6 +100,14 @@ def _archive(folder: Path, name: str, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def _peft_archive(adapter: LoraAdapter, dtype: torch.dtype, adapter_id: str, format: str) -> bytes:
+    """The adapter's PEFT folder, cast to ``dtype``, as one archive (on a thread that ends: the cast is
+    a parallel torch op, ``server.threads``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter.save_peft(Path(tmp), dtype)
+        return _archive(Path(tmp), adapter_id, format)
+
+
 @router.get("/adapters/{adapter_id}/download")
 async def download_adapter(
     adapter_id: str,
@@ -106,9 +116,7 @@ async def download_adapter(
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
 ) -> Response:
     record, _ = await find(svc, adapter_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        record.adapter.save_peft(Path(tmp), getattr(torch, dtype))
-        data = _archive(Path(tmp), adapter_id, format)
+    data = await on_own_thread(_peft_archive, record.adapter, getattr(torch, dtype), adapter_id, format)
     media = "application/zip" if format == "zip" else "application/gzip"
     disposition = f'attachment; filename="{adapter_id}.{format}"'
     return Response(data, media_type=media, headers={"Content-Disposition": disposition})
