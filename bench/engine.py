@@ -20,6 +20,8 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +36,7 @@ from hypernet.lora import LoraLayers
 from hypernet.settings import Settings
 from server.engine import Delta, Engine, Finished, Job, Sampling
 from server.slots import EMPTY, SlotBank
+from server.threads import on_own_thread
 
 PROMPTS = [f"Write a short note about topic number {i}: what it is and why it matters." for i in range(16)]
 
@@ -118,13 +121,37 @@ def peft_model(model, adapters: list, folder: Path):
     return peft.eval()
 
 
-async def measure(args: argparse.Namespace) -> dict:
+@dataclass
+class Setup:
+    adapters: list[LoraAdapter]
+    tokenizer: object
+    plain: torch.nn.Module  # the baseline: transformers as it is, no LoRA wrappers
+    plain32: torch.nn.Module | None  # float32 beside a lower-precision run
+    peft: torch.nn.Module
+    model: torch.nn.Module  # the engine's base, its target linears wrapped by ``layers``
+    layers: LoraLayers
+    bank: SlotBank
+    scaling: float
+    device: str
+
+    def engine(self) -> Engine:
+        model, tokenizer, layers = self.model, self.tokenizer, self.layers
+        return Engine(model, tokenizer, layers, self.bank, self.scaling, max_batch=16, batch_window_ms=5.0)
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Models, adapters and slot bank, built on a thread that ends, as the server builds them.
+
+    With torch's OpenMP backend a thread that ran torch and lives on keeps a pool of workers, and while
+    two pools live on 2 cores every parallel region of either is slower (``server.threads``). So the
+    main thread runs no torch, plain ``generate`` runs on a thread that ends, and each engine measurement
+    gets an engine of its own whose thread ends after it: each system runs with only its own pool."""
     settings = Settings()
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
     adapters = bench_adapters(generator, 16)
     dtype, device = getattr(torch, args.dtype), settings.torch_device()
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, device)
-    plain = copy.deepcopy(model)  # the baseline: transformers as it is, no LoRA wrappers
+    plain = copy.deepcopy(model)
     plain32 = (
         None
         if dtype == torch.float32
@@ -134,18 +161,28 @@ async def measure(args: argparse.Namespace) -> dict:
         peft = peft_model(copy.deepcopy(model), adapters[:8], Path(tmp))
     rank = generator.config.hypernet.rank
     bank = SlotBank(generator.config.base, rank, slots=16, device=device, dtype=dtype)
-    engine = Engine(
-        model,
-        tokenizer,
-        LoraLayers(model, generator.config.base),
-        bank,
-        generator.config.hypernet.scaling,
-        max_batch=16,
-        batch_window_ms=5.0,
-    )
-    engine.start()
-    slots = [await bank.acquire(f"a{i}", a) for i, a in enumerate(adapters)]
+    layers = LoraLayers(model, generator.config.base)
+    scaling = generator.config.hypernet.scaling
+    return Setup(adapters, tokenizer, plain, plain32, peft, model, layers, bank, scaling, device)
+
+
+async def measure(args: argparse.Namespace) -> dict:
+    kit = await on_own_thread(setup, args)
+    tokenizer, plain, plain32, peft, bank = kit.tokenizer, kit.plain, kit.plain32, kit.peft, kit.bank
+    slots = [await bank.acquire(f"a{i}", a) for i, a in enumerate(kit.adapters)]
     prompts = chat_prompts(tokenizer, 16)
+
+    def generate(model, batch: int, tokens: int, names: list[str] | None = None):
+        extra = {"adapter_names": names} if names else {}
+        return on_own_thread(partial(base_generate, model, tokenizer, prompts[:batch], tokens, **extra))
+
+    async def decode(batch: int, rows: list[int], tokens: int) -> tuple[float, int]:
+        engine = kit.engine()
+        engine.start()
+        try:
+            return await run_jobs(engine, prompts[:batch], rows, tokens)
+        finally:
+            engine.stop()
 
     result: dict = {
         "throughput": {},
@@ -154,33 +191,31 @@ async def measure(args: argparse.Namespace) -> dict:
             "reps": args.reps,
             "threads": torch.get_num_threads(),
             "dtype": args.dtype,
-            "device": device,
+            "device": kit.device,
         },
     }
-    await run_jobs(engine, prompts[:8], slots[:8], 4)  # warm up both paths
-    base_generate(plain, tokenizer, prompts[:8], 4)
-    base_generate(peft, tokenizer, prompts[:8], 4, adapter_names=[f"a{i}" for i in range(8)])
+    await decode(8, slots[:8], 4)  # warm up both paths
+    await generate(plain, 8, 4)
+    await generate(peft, 8, 4, [f"a{i}" for i in range(8)])
     for batch in args.batches:
         base_tps, peft_tps, base32_tps = [], [], []
         ours: dict[int, list[float]] = {k: [] for k in (1, 4, 8, 16)}
         for _ in range(args.reps):
-            seconds, count = base_generate(plain, tokenizer, prompts[:batch], args.tokens)
+            seconds, count = await generate(plain, batch, args.tokens)
             base_tps.append(count / seconds)
             if plain32 is not None:
-                seconds, count = base_generate(plain32, tokenizer, prompts[:batch], args.tokens)
+                seconds, count = await generate(plain32, batch, args.tokens)
                 base32_tps.append(count / seconds)
             names = [f"a{i % 8}" for i in range(batch)]
-            seconds, count = base_generate(peft, tokenizer, prompts[:batch], args.tokens, adapter_names=names)
+            seconds, count = await generate(peft, batch, args.tokens, names)
             peft_tps.append(count / seconds)
             for k in ours:
-                seconds, count = await run_jobs(
-                    engine, prompts[:batch], [slots[i % k] for i in range(batch)], args.tokens
-                )
+                seconds, count = await decode(batch, [slots[i % k] for i in range(batch)], args.tokens)
                 ours[k].append(count / seconds)
         # diagnostic: the engine with no adapter on any row (so no LoRA product): its own overhead
         bare = []
         for _ in range(args.reps):
-            seconds, count = await run_jobs(engine, prompts[:batch], [EMPTY] * batch, args.tokens)
+            seconds, count = await decode(batch, [EMPTY] * batch, args.tokens)
             bare.append(count / seconds)
         base = statistics.median(base_tps)
         result["throughput"][f"batch{batch}"] = {
@@ -209,13 +244,15 @@ async def measure(args: argparse.Namespace) -> dict:
             },
         }
 
+    engine = kit.engine()
+    engine.start()
     idle, busy = [], []
     for i in range(args.reps * 3):
         idle.append(await ttft(engine, prompts[i % 16], slots[i % 16]))
         loop = asyncio.get_running_loop()
         load = [
-            Job(p, s, Sampling(args.tokens * 4, temperature=0, ignore_eos=True), loop)
-            for p, s in zip(prompts[:7], slots[:7], strict=True)
+            Job(p, slot, Sampling(args.tokens * 4, temperature=0, ignore_eos=True), loop)
+            for p, slot in zip(prompts[:7], slots[:7], strict=True)
         ]
         for job in load:
             engine.submit(job)

@@ -68,13 +68,15 @@ class LoraAdapter:
         return state
 
     def to(self, dtype: torch.dtype) -> "LoraAdapter":
-        """The same adapter with its tensors in ``dtype`` (itself when they already are)."""
+        """The same adapter with its tensors in ``dtype`` (itself when they already are), contiguous:
+        serialising and copying into a slot are then plain memory copies, with no torch work."""
         if all(t.dtype == dtype for t in [*self.A.values(), *self.B.values()]):
             return self
+        contiguous = torch.contiguous_format
         return replace(
             self,
-            A={m: t.to(dtype) for m, t in self.A.items()},
-            B={m: t.to(dtype) for m, t in self.B.items()},
+            A={m: t.to(dtype, memory_format=contiguous) for m, t in self.A.items()},
+            B={m: t.to(dtype, memory_format=contiguous) for m, t in self.B.items()},
         )
 
     def save_peft(self, out: Path, dtype: torch.dtype | None = None) -> Path:

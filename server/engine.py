@@ -1,13 +1,13 @@
 """The generation engine: one thread that owns the base model and decodes with continuous batching.
 
 Running sequences share one batched KV cache (left-padded, with an attention mask; written in place,
-``server.kv_cache``). At every decode step, requests that arrived meanwhile are prefilled together and
-join the batch, and finished or abandoned ones leave it at once. An idle engine waits
-``batch_window_ms`` after a first arrival for company. Each row carries its adapter slot; the batched
-LoRA in ``hypernet.lora`` applies every row's own A/B, so requests with different adapters never see
-each other's weights. Each row samples with its own temperature, top-p, seed, stop strings and token
-limit, and streams its text as it is produced. Tokens reach the asyncio side through
-``loop.call_soon_threadsafe``.
+``server.kv_cache``). Requests that arrive while a decode step runs are prefilled together at the step's next
+layer boundary (a forward pre-hook on each decoder layer), so a newcomer's first token does not wait for the
+rest of the step; they join the batch after it. Finished or abandoned rows leave at once. An idle engine waits
+``batch_window_ms`` after a first arrival for company. Each row carries its adapter slot; the batched LoRA in
+``hypernet.lora`` applies every row's own A/B, so requests with different adapters never see each other's
+weights. Each row samples with its own temperature, top-p, seed, stop strings and token limit, and streams its
+text as it is produced. Tokens reach the asyncio side through ``loop.call_soon_threadsafe``.
 """
 
 import asyncio
@@ -259,7 +259,13 @@ class Engine:
         self._stopping = False
         self._gathered_for: tuple[int, ...] = ()
         self._gathered: tuple[tuple[dict, dict] | None, torch.Tensor | None] = (None, None)
+        self._stepping: list[RowState] | None = None  # the rows of the decode step in flight
+        self._joined: list[Batch] = []  # prefilled during that step, to merge after it
         self._thread = threading.Thread(target=self._loop, name="t2l-engine", daemon=True)
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        self._hooks = [
+            layer.register_forward_pre_hook(self._admit_mid_step) for layer in getattr(decoder, "layers", [])
+        ]
 
     def start(self) -> None:
         self._thread.start()
@@ -268,6 +274,8 @@ class Engine:
         if self._thread.is_alive():
             self.queue.put(None)
             self._thread.join(timeout=60)
+        for hook in self._hooks:
+            hook.remove()
 
     def submit(self, job: Job) -> None:
         try:
@@ -317,16 +325,45 @@ class Engine:
                             batch.merge(joined)
                     if batch is not None:
                         batch = self._step(batch)
+                    for joined in self._joined:
+                        if batch is None:
+                            batch = joined
+                        else:
+                            batch.merge(joined)
+                    self._joined = []
             except Exception as err:  # a failed step must not kill the engine or hang its clients
                 log.exception("decode step failed")
-                jobs = (
-                    {id(job): job for job in [*(row.job for row in batch.rows), *arrivals]}
-                    if batch
-                    else {id(job): job for job in arrivals}
-                )
+                rows = [*(batch.rows if batch else []), *(row for b in self._joined for row in b.rows)]
+                jobs = {id(job): job for job in [*(row.job for row in rows), *arrivals]}
                 for job in jobs.values():
                     job.emit(Finished("error", len(job.prompt), 0, error=f"generation failed: {err}"))
-                batch = None
+                batch, self._joined = None, []
+
+    def _admit_mid_step(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook on every decoder layer: during a decode step, prefill whoever is queued now,
+        between two layers, and finish the step after. The step's own tensors wait untouched in its
+        frames; only the LoRA layers' per-batch state is shared, and it is put back. The newcomer's first
+        token then costs its prefill, not the rest of the step first; the running rows wait for that
+        prefill either way (before the next step otherwise)."""
+        step = self._stepping
+        if step is None or self.queue.empty() or threading.get_ident() != self._thread.ident:
+            return
+        arrivals = self._arrivals(len(step) + sum(len(batch.rows) for batch in self._joined))
+        if not arrivals:
+            return
+        saved = self._gathered, self._gathered_for
+        self._stepping = None  # the prefill's own layers must not admit anyone
+        try:
+            self._joined.append(self._prefill(arrivals))
+            self.metrics.mid_step_prefills.inc()
+        except Exception as err:  # the newcomers fail; the step in flight goes on
+            log.exception("prefill during a decode step failed")
+            for job in arrivals:
+                job.emit(Finished("error", len(job.prompt), 0, error=f"generation failed: {err}"))
+        finally:
+            self._gathered, self._gathered_for = saved
+            self._stepping = step
+            self._apply(step)
 
     def _apply(self, rows: list[RowState]) -> None:
         """Point the LoRA layers at the slots of the rows that have an adapter (the others skip LoRA);
@@ -383,6 +420,7 @@ class Engine:
             batch.keep(keep)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         self._apply(batch.rows)
+        self._stepping = batch.rows
         try:
             logits = self.model(
                 input_ids=batch.pending[:, None],
@@ -392,6 +430,7 @@ class Engine:
                 use_cache=True,
             ).logits[:, -1]
         finally:
+            self._stepping = None
             self.layers.clear()
         batch.position = batch.position + 1
         tokens = sample_rows(batch.rows, logits)

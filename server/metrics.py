@@ -47,6 +47,11 @@ class Metrics:
         self.queue_depth = Gauge("t2l_engine_queue_depth", "Requests waiting for the engine", registry=r)
         self.running = Gauge("t2l_engine_running_sequences", "Sequences being decoded", registry=r)
         self.tokens = Counter("t2l_generated_tokens", "Tokens sampled by the engine", registry=r)
+        self.mid_step_prefills = Counter(
+            "t2l_engine_mid_step_prefills",
+            "Newcomers' prefills run between two layers of a decode step",
+            registry=r,
+        )
         self.first_token_seconds = Histogram(
             "t2l_time_to_first_token_seconds", "From engine submission to the first sampled token",
             buckets=SLOW, registry=r,

@@ -2,7 +2,8 @@
 
 It listens on a unix socket in the state directory (or a loopback port, for tests), persists with an
 append-only file fsynced every second (no periodic RDB snapshots: forking to write hundreds of MB of
-adapters stalled reads on a 2-core machine), and is shut down (saving) on ``stop``. A server that
+adapters stalled reads on a 2-core machine), and is shut down on ``stop`` (the append-only file is
+flushed and fsynced; no RDB snapshot, which would write the whole dataset again for nothing). A server that
 exits on its own is started again by the service (``exit_code`` tells), on the same append-only file.
 """
 
@@ -98,12 +99,12 @@ class EmbeddedRedis:
         return None if self.process is None else self.process.poll()
 
     def stop(self) -> None:
-        """Shut down with a final save; kill only if it will not go."""
+        """Shut down (Redis fsyncs the append-only file on the way out); kill only if it will not go."""
         if self.process is None:
             return
         if self.process.poll() is None:
             with contextlib.suppress(redis.RedisError, OSError):  # the connection drops as it exits
-                self._client().shutdown(save=True)
+                self._client().shutdown(nosave=True)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -200,7 +200,9 @@ class AdapterStore:
 
     async def _write(self, record: Record) -> bool:
         """Store one adapter; False (and remembered for a later retry) when Redis is unreachable."""
-        data = await asyncio.to_thread(record.adapter.to_bytes)
+        # a thread that ends: to_bytes copies non-contiguous tensors with torch, which would leave an
+        # OpenMP pool on an executor thread that lives on (``server.threads``)
+        data = await on_own_thread(record.adapter.to_bytes, name="t2l-serialise")
         fields = {
             "data": data,
             "checksum": checksum(data),

@@ -61,6 +61,31 @@ def test_adapter_round_trip(server):
     assert httpx.post(url, json={"description": MATH}).json()["cached"] is False  # regenerated after delete
 
 
+def test_making_and_storing_adapters_leaves_no_thread_behind(server, clean_redis):
+    """Generation and the write to Redis run on threads that end: a thread that lives on after torch
+    work keeps an OpenMP pool, which slows the engine's thread (server.threads)."""
+    import os
+
+    import redis
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    client = redis.Redis.from_url(clean_redis)
+    before = threads()
+    ids = [
+        httpx.post(f"{server.url}/v1/adapters", json={"description": f"task {i}"}).json()["id"]
+        for i in range(3)
+    ]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        threads() != before or not all(client.exists(f"t2l:adapter:{i}") for i in ids)
+    ):
+        time.sleep(0.02)
+    assert all(client.exists(f"t2l:adapter:{i}") for i in ids)
+    assert threads() == before
+
+
 def test_chat_inline_description_then_by_adapter_id(server):
     inline = chat(server, "What is 2 + 3?", task_description=MATH).json()
     assert inline["object"] == "chat.completion" and inline["choices"][0]["finish_reason"] in (

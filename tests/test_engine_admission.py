@@ -1,0 +1,99 @@
+"""A request that arrives during a decode step is prefilled between two of its layers, not after it."""
+
+import asyncio
+
+import pytest
+import torch
+
+from hypernet.base import load_base, spec_from_config
+from hypernet.lora import LoraLayers
+from server.engine import Engine, Finished, Job, RowState, Sampling
+from server.slots import EMPTY, SlotBank
+from tests.conftest import CHECKPOINTS, TARGETS
+
+
+@pytest.fixture
+def engine(tiny_chat_base):
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
+    bank = SlotBank(spec, rank=4, slots=2)
+    gen = torch.Generator().manual_seed(0)
+    for tensors in (bank.A, bank.B):  # two random adapters in slots 1 and 2
+        for t in tensors.values():
+            t[1:] = torch.randn(t[1:].shape, generator=gen) * 0.5
+    engine = Engine(model, tokenizer, LoraLayers(model, spec), bank, scaling=2.0, batch_window_ms=0)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+async def tokens_of(job: Job) -> list[int]:
+    while not isinstance(event := await job.events.get(), Finished):
+        pass
+    assert event.reason == "length", event
+    return job.pushed
+
+
+def job(prompt: list[int], slot: int, tokens: int) -> Job:
+    made = Job(prompt, slot, Sampling(tokens, temperature=0, ignore_eos=True), asyncio.get_running_loop())
+    made.pushed = []
+    return made
+
+
+@pytest.mark.parametrize("slots", [(1, 2), (EMPTY, 1), (2, EMPTY)])
+def test_a_newcomer_mid_step_gets_its_first_token_before_the_step_ends(engine, monkeypatch, slots):
+    """The newcomer is submitted from inside the running row's 4th decode step (a pre-hook on layer 0,
+    after the engine's own); it must be prefilled within that step (its first token pushed before the
+    running row's 5th) and both rows must get exactly the greedy tokens they get alone."""
+    log: list[tuple[int, int]] = []  # (job id, token) in the order rows took their tokens
+    push = RowState.push
+
+    def recording_push(row: RowState, token: int) -> None:
+        log.append((id(row.job), token))
+        row.job.pushed.append(token)
+        push(row, token)
+
+    monkeypatch.setattr(RowState, "push", recording_push)
+    running_prompt, newcomer_prompt = [1, 400, 401, 402, 403, 404], [1, 500, 501]
+
+    async def alone() -> list[list[int]]:
+        return [
+            await tokens_of(_submitted(engine, job(running_prompt, slots[0], 12))),
+            await tokens_of(_submitted(engine, job(newcomer_prompt, slots[1], 6))),
+        ]
+
+    async def together() -> tuple[Job, Job, list[list[int]]]:
+        running, newcomer = job(running_prompt, slots[0], 12), job(newcomer_prompt, slots[1], 6)
+        steps = 0
+
+        def submit_during_the_fourth_step(module, args) -> None:
+            nonlocal steps
+            if args[0].shape[1] == 1 and engine._stepping is not None:  # a decode step's layer 0
+                steps += 1
+                if steps == 4:
+                    engine.submit(newcomer)
+
+        layer0 = engine.model.get_decoder().layers[0]
+        hook = layer0.register_forward_pre_hook(submit_during_the_fourth_step)
+        try:
+            engine.submit(running)
+            results = [await tokens_of(running), await tokens_of(newcomer)]
+        finally:
+            hook.remove()
+        return running, newcomer, results
+
+    expected = asyncio.run(alone())
+    log.clear()
+    before = engine.metrics.mid_step_prefills._value.get()
+    running, newcomer, results = asyncio.run(together())
+    assert results == expected
+    assert engine.metrics.mid_step_prefills._value.get() == before + 1
+    order = [owner for owner, _ in log]
+    first_of_newcomer = order.index(id(newcomer))
+    # the running row had its prefill token and 3 decode tokens; the 4th step's token came after
+    assert order[:first_of_newcomer] == [id(running)] * 4
+
+
+def _submitted(engine: Engine, made: Job) -> Job:
+    engine.submit(made)
+    return made
