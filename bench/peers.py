@@ -12,7 +12,7 @@ description (median of ``--new`` descriptions never seen before). For ``vllm`` a
 without our server does: generate the adapter with the T2L library in this process, write its PEFT
 folder, load it with ``/v1/load_lora_adapter``, then stream.
 
-    .venv/bin/python -m bench.peers [--repeats 3] [--new 5] [--json OUT]
+    .venv/bin/python -m bench.peers [--repeats 3] [--new 5] [--vllm-dtype bfloat16] [--json OUT]
 
 Take the figures with nothing else running on the machine (each system gets both cores in turn).
 """
@@ -160,6 +160,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds per throughput figure (median)")
     parser.add_argument("--new", type=int, default=5, help="new descriptions per TTFT figure")
+    parser.add_argument(
+        "--vllm-dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="vLLM's weights: bfloat16 is its fast path where the CPU has bf16 instructions (AVX-512 BF16, "
+        "AMX); on a CPU without them float32 may be faster",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if not VLLM_PYTHON.is_file():
@@ -184,7 +191,9 @@ def main() -> None:
             server.stop()
         print("local", systems["local"], flush=True)
 
-        vllm = VLLMProcess(base_dir, free_port(), work / "vllm.log", max_loras=STREAMS).start()
+        vllm = VLLMProcess(
+            base_dir, free_port(), work / "vllm.log", max_loras=STREAMS, dtype=args.vllm_dtype
+        ).start()
         try:
             generator = AdapterGenerator.load(
                 settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
@@ -229,6 +238,7 @@ def main() -> None:
             "tokens": TOKENS,
             "repeats": args.repeats,
             "new_descriptions": args.new,
+            "vllm_dtype": args.vllm_dtype,
         },
         "local_adapters8_vs_vllm_adapters8": systems["local"]["adapters8_tok_s"]
         / systems["vllm"]["adapters8_tok_s"],

@@ -17,13 +17,21 @@ VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 
 
 class VLLMProcess:
-    def __init__(self, model: Path, port: int, log: Path, max_loras: int = 8, extra: list[str] | None = None):
+    def __init__(
+        self,
+        model: Path,
+        port: int,
+        log: Path,
+        max_loras: int = 8,
+        extra: list[str] | None = None,
+        dtype: str = "bfloat16",
+    ):
         self.model, self.port, self.log = model, port, log
         self.args = [
             str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
             "--enable-lora", "--max-lora-rank", "8", "--max-loras", str(max_loras),
-            "--dtype", "bfloat16", "--max-model-len", "2048",
+            "--dtype", dtype, "--max-model-len", "2048",
             # on the CPU backend this is the share of host memory vLLM reserves (weights and KV cache)
             "--gpu-memory-utilization", "0.15", *(extra or []),
         ]  # fmt: skip
