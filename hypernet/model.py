@@ -159,6 +159,16 @@ class HyperLoRA(nn.Module):
         ab = self.ab_norm(self.ab_emb)[None, None]  # [1, 1, modules, 2, d]
         return self.neck(self.res2(x.unsqueeze(-2) + ab))
 
+    def _head(self, module: str, h: torch.Tensor, fan: int) -> torch.Tensor:
+        """``heads[module](h)`` cut to ``fan`` of each rank row's width: only the output units a matrix
+        uses are computed (the head is as wide as the module's larger side; v_proj's B uses a third)."""
+        head, rank = self.heads[module], self.config.rank
+        weight, bias = head.weight, head.bias
+        if fan < weight.shape[0] // rank:
+            weight = weight.view(rank, -1, weight.shape[1])[:, :fan].reshape(rank * fan, weight.shape[1])
+            bias = bias.view(rank, -1)[:, :fan].reshape(-1) if bias is not None else None
+        return nn.functional.linear(h, weight, bias)
+
     def forward(self, task_emb: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         c = self.config
         h = self.head_inputs(task_emb)
@@ -166,9 +176,12 @@ class HyperLoRA(nn.Module):
         A, B = {}, {}
         for i, m in enumerate(c.target_modules):
             fan_in, fan_out = c.in_features[m], c.out_features[m]
-            out = self.heads[m](h[:, :, i]).view(n, layers, 2, c.rank, -1)
-            a = out[:, :, 0, :, :fan_in]
-            b = out[:, :, 1, :, :fan_out].transpose(-1, -2)
+            if fan_in == fan_out:  # A and B use the whole head: one product reads its weights once
+                out = self.heads[m](h[:, :, i]).view(n, layers, 2, c.rank, fan_in)
+                a, b = out[:, :, 0], out[:, :, 1].transpose(-1, -2)
+            else:
+                a = self._head(m, h[:, :, i, 0], fan_in).view(n, layers, c.rank, fan_in)
+                b = self._head(m, h[:, :, i, 1], fan_out).view(n, layers, c.rank, fan_out).transpose(-1, -2)
             if c.output_scale:
                 a, b = a * getattr(self, f"scale_A_{m}"), b * getattr(self, f"scale_B_{m}")
             A[m] = a + getattr(self, f"shift_A_{m}")

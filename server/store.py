@@ -3,9 +3,11 @@
 An adapter's id is a content hash of (normalised description, checkpoint id, base fingerprint), so every
 replica names the same adapter the same way. Concurrent requests for one new id generate it once.
 Redis holds each adapter as safetensors bytes plus a metadata hash; an entry whose checksum, shapes,
-fingerprint or checkpoint do not match is discarded and regenerated, never trusted. When Redis is down
-the store keeps serving from L1 and by generating, reports itself degraded, and writes the adapters it
-could not store once Redis answers again.
+fingerprint or checkpoint do not match is discarded and regenerated, never trusted. A new adapter is
+written to Redis behind the request; a chat request holds that write until its first token, so that
+sending the adapter to Redis (and Redis appending it to its log) does not compete with its prefill for
+the cores. When Redis is down the store keeps serving from L1 and by generating, reports itself
+degraded, and writes the adapters it could not store once Redis answers again.
 """
 
 import asyncio
@@ -31,6 +33,7 @@ from server.metrics import Metrics
 from server.threads import on_own_thread
 
 log = logging.getLogger("t2l.store")
+WRITE_HOLD_S = 5.0  # the longest a held Redis write waits for its request to release it
 KEY = "t2l:adapter:"
 INDEX = "t2l:adapters"
 INVALIDATE = "t2l:invalidate"  # pub/sub channel: ids deleted on one replica, dropped from every L1
@@ -67,6 +70,12 @@ class Lookup:
     record: Record
     cached: Tier
     timings_ms: dict[str, float]
+    write_hold: asyncio.Event | None = None  # a generated adapter's held Redis write: set it to go ahead
+
+    def release_write(self) -> None:
+        """Let a held Redis write go ahead (idempotent; nothing to do when none is held)."""
+        if self.write_hold is not None:
+            self.write_hold.set()
 
 
 class L1Cache:
@@ -126,6 +135,7 @@ class AdapterStore:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # id → (lock, [users])
         self._unsynced: set[str] = set()
         self._writes: set[asyncio.Task] = set()  # Redis writes in flight, awaited by ``flush``
+        self._holds: set[asyncio.Event] = set()  # writes held for their requests, released by ``flush``
         self.degraded = False
         self.generations = 0  # how many adapters this process generated (tests count single-flight)
         # One generation at a time, each on a thread that ends with it: two OpenMP teams at work compete
@@ -184,13 +194,27 @@ class AdapterStore:
             log.info("Redis reachable again")
         return True
 
-    def _write_later(self, record: Record) -> None:
-        """Store in Redis without making the request wait; ``flush`` awaits what is in flight."""
-        task = asyncio.create_task(self._write(record))
+    def _write_later(self, record: Record, hold: asyncio.Event | None = None) -> None:
+        """Store in Redis without making the request wait, once ``hold`` is set (or ``WRITE_HOLD_S`` has
+        passed); ``flush`` releases what is held and awaits what is in flight."""
+        task = asyncio.create_task(self._write_when(record, hold))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    async def _write_when(self, record: Record, hold: asyncio.Event | None) -> bool:
+        if hold is not None:
+            self._holds.add(hold)
+            try:
+                await asyncio.wait_for(hold.wait(), WRITE_HOLD_S)
+            except TimeoutError:
+                log.warning("adapter %s: its request did not release its write in time", record.id)
+            finally:
+                self._holds.discard(hold)
+        return await self._write(record)
+
     async def flush(self) -> None:
+        for hold in list(self._holds):
+            hold.set()
         if self._writes:
             await asyncio.gather(*self._writes)
 
@@ -261,8 +285,10 @@ class AdapterStore:
 
     # ---- the public API
 
-    async def get_or_create(self, spec: str | Blend) -> Lookup:
-        """The adapter for a description (or a blend of them), from the fastest tier that has it."""
+    async def get_or_create(self, spec: str | Blend, hold_write: bool = False) -> Lookup:
+        """The adapter for a description (or a blend of them), from the fastest tier that has it. With
+        ``hold_write``, a generated adapter's Redis write waits for ``Lookup.release_write`` (a chat
+        request releases it at its first token; ``WRITE_HOLD_S`` bounds the wait)."""
         start = time.perf_counter()
         adapter_id = self.adapter_id(spec)
         record = self.l1.get(adapter_id)
@@ -292,7 +318,8 @@ class AdapterStore:
                 self.metrics.generation_seconds.labels("hypernet").observe(timings.hypernet_ms / 1000)
                 record = Record(adapter_id, adapter, int(time.time()))
                 self.l1.put(record)
-                self._write_later(record)
+                hold = asyncio.Event() if hold_write else None
+                self._write_later(record, hold)
                 return Lookup(
                     record,
                     None,
@@ -301,6 +328,7 @@ class AdapterStore:
                         "hypernet": timings.hypernet_ms,
                         "total": (time.perf_counter() - start) * 1000,
                     },
+                    hold,
                 )
         finally:
             users[0] -= 1

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random Llama built here, the real MiniLM embedder, the real SmolLM2 base."""
 
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; unknown ids fail at once
 
@@ -36,6 +37,17 @@ def tiny_llama(**overrides) -> LlamaForCausalLM:
     config = LlamaConfig(**(fields | overrides))
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
+
+
+def settled_thread_count(interval_s: float = 0.05) -> int:
+    """This process's thread count once it stops changing: the OpenMP workers of a thread that ended
+    end some time after it, and a count taken meanwhile would credit (or blame) the next test."""
+    count, settled = len(os.listdir("/proc/self/task")), False
+    while not settled:
+        time.sleep(interval_s)
+        now = len(os.listdir("/proc/self/task"))
+        settled, count = now == count, now
+    return count
 
 
 def randomize_heads(model: HyperLoRA, seed: int = 1, std: float = 0.02) -> HyperLoRA:

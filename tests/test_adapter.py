@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 
 import pytest
 import torch
@@ -9,9 +10,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from hypernet.adapter import LoraAdapter, read_header
+from hypernet.embed import Embedder
 from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator
 from hypernet.lora import LoraLayers
+from hypernet.settings import DEFAULT_EMBEDDER
 from tests.conftest import tiny_llama
 
 
@@ -76,6 +79,21 @@ def test_generation_metadata_and_timings(generator):
     assert adapters[0].metadata["base_fingerprint"] == generator.config.base.fingerprint
     assert 0 < timings.embed_ms <= timings.total_ms and 0 < timings.hypernet_ms <= timings.total_ms
     assert not torch.equal(adapters[0].B["q_proj"], adapters[1].B["q_proj"])
+
+
+def test_onnx_runtime_leaves_no_thread_spinning_after_a_generation(tiny_checkpoint, tmp_path):
+    """ONNX Runtime's pool threads spin while a run lasts and stop when it ends: left spinning, they
+    would take the cores the base model decodes on for tens of ms after each adapter."""
+    embedder = Embedder(DEFAULT_EMBEDDER, runtime="onnx", cache_dir=tmp_path)
+    onnx = AdapterGenerator.load(tiny_checkpoint, embedder=embedder, runtime="onnx", cache_dir=tmp_path)
+    assert onnx.runtime == embedder.runtime == "onnx"
+    idle = []
+    for i in range(3):
+        onnx.generate([f"Classify reviews of kind {i}."])
+        before = time.process_time()
+        time.sleep(0.3)
+        idle.append(time.process_time() - before)
+    assert min(idle) < 0.01, f"CPU seconds used in the 0.3 s after each generation: {idle}"
 
 
 def test_the_hypernetwork_on_onnx_runtime_makes_pytorchs_adapters_from_a_graph_per_checkpoint(

@@ -49,6 +49,28 @@ def test_batched_pass_equals_one_description_at_a_time():
             torch.testing.assert_close(B[m][i], b[m][0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_heads_compute_only_the_units_each_matrix_uses(head_bias):
+    """A head is as wide as its module's larger side, rank rows of it; a matrix uses the first ``fan``
+    units of each row. Computing only those gives what the full head gives, cut (what checkpoints
+    were trained with)."""
+    torch.manual_seed(0)
+    model = HyperLoRA(config(head_bias=head_bias)).eval()
+    for head in model.heads.values():
+        torch.nn.init.normal_(head.weight, std=0.1)
+        if head_bias:
+            torch.nn.init.normal_(head.bias, std=0.1)
+    emb = torch.randn(2, 16)
+    A, B = model(emb)
+    h = model.head_inputs(emb)
+    for i, m in enumerate(model.config.target_modules):
+        full = model.heads[m](h[:, :, i]).view(2, 3, 2, 4, -1)  # every unit, then cut
+        fan_in, fan_out = model.config.in_features[m], model.config.out_features[m]
+        torch.testing.assert_close(A[m], full[:, :, 0, :, :fan_in] + getattr(model, f"shift_A_{m}"))
+        b = full[:, :, 1, :, :fan_out].transpose(-1, -2) + getattr(model, f"shift_B_{m}")
+        torch.testing.assert_close(B[m], b)
+
+
 def test_descriptions_and_layers_get_different_adapters_once_trained():
     torch.manual_seed(0)
     model = HyperLoRA(config()).eval()

@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import settled_thread_count
 from tests.server_harness import running_server
 
 MATH = "Answer grade-school math word problems, show the steps."
@@ -72,7 +73,7 @@ def test_making_and_storing_adapters_leaves_no_thread_behind(server, clean_redis
         return len(os.listdir("/proc/self/task"))
 
     client = redis.Redis.from_url(clean_redis)
-    before = threads()
+    before = settled_thread_count()
     ids = [
         httpx.post(f"{server.url}/v1/adapters", json={"description": f"task {i}"}).json()["id"]
         for i in range(3)

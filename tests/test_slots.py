@@ -1,11 +1,14 @@
 """The slot bank: in-place activation, pinning, LRU eviction, waiting when every slot is pinned."""
 
 import asyncio
+import os
+import threading
 
 import pytest
 import torch
 
 from server.slots import EMPTY, SlotBank
+from tests.conftest import settled_thread_count
 from tests.test_lora import random_adapter
 
 
@@ -70,7 +73,7 @@ def test_evict_forgets_only_unpinned_slots(bank, tiny_spec):
 @pytest.mark.parametrize("src_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dst_dtype", [torch.float32, torch.bfloat16])
 def test_slot_copy_converts_exactly_as_torch_does(src_dtype, dst_dtype):
-    """The numpy copy (bfloat16 included, which numpy lacks) rounds exactly like ``Tensor.to``."""
+    """The piecewise copy rounds exactly like ``Tensor.to``, from a strided view too."""
     from server.slots import _copy
 
     torch.manual_seed(0)
@@ -81,6 +84,38 @@ def test_slot_copy_converts_exactly_as_torch_does(src_dtype, dst_dtype):
     dst = torch.empty(len(src), dtype=dst_dtype)
     _copy(dst, src[None].expand(3, -1)[1])  # a strided view, as slot slices are
     assert torch.equal(dst, src.to(dst_dtype))
+
+
+def test_slot_copies_start_no_openmp_pool_on_the_calling_thread():
+    """Slots are filled on the event loop's thread: a parallel torch op there would leave an OpenMP pool
+    beside the engine's (``server.threads``). A plain 2 MB ``copy_`` starts one; ours runs serially."""
+    from server.slots import _copy, _zero
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread: no OpenMP pool to start")
+    dst, src = torch.empty(30, 8, 2304), torch.randn(30, 8, 2304).half()
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    def threads_started(fill) -> int:
+        """Threads started by ``fill`` on a new thread, counted before that thread ends."""
+        count = settled_thread_count()
+        grew = []
+
+        def work() -> None:
+            fill()
+            grew.append(threads() - count - 1)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+        return grew[0]
+
+    assert threads_started(lambda: (_copy(dst, src), _zero(dst[:, 4:]))) == 0
+    assert threads_started(lambda: dst.copy_(src)) >= 1  # the check sees a pool when one starts
+    _copy(dst, src)
+    assert torch.equal(dst, src.float())
 
 
 def test_bfloat16_bank_holds_the_adapter_rounded(tiny_spec):

@@ -2,13 +2,14 @@
 
 ``model`` = the base model's name means no adapter; ``model`` = an adapter id uses that adapter;
 ``task_description`` generates (or reuses) the adapter for that task. ``stream: true`` sends OpenAI
-server-sent-event chunks ending with ``data: [DONE]``.
+server-sent-event chunks ending with ``data: [DONE]``. A new adapter made for a request is written
+to Redis once that request's first token is out (``server.store``), not during its prefill.
 """
 
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -36,7 +37,15 @@ from server.store import Record
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 
-async def resolve_adapter(svc: Service, req: ChatRequest) -> tuple[Record | None, AdapterRef | None]:
+def _nothing() -> None:
+    return None
+
+
+async def resolve_adapter(
+    svc: Service, req: ChatRequest
+) -> tuple[Record | None, AdapterRef | None, Callable[[], None]]:
+    """The request's adapter (None for the base model), what the response says of it, and what to call
+    once the request's first token is out (it releases a new adapter's held Redis write)."""
     if req.task_description is not None:
         if req.model != svc.base_name:
             raise APIError(
@@ -52,10 +61,11 @@ async def resolve_adapter(svc: Service, req: ChatRequest) -> tuple[Record | None
             spec = adapter_spec(svc, None, task, "embedding", "task_description")
         else:
             spec = adapter_spec(svc, None, task.blend, task.mode, "task_description.blend")
-        lookup = await svc.store.get_or_create(spec)
-        return lookup.record, AdapterRef(id=lookup.record.id, cached=lookup.cached or False)
+        lookup = await svc.store.get_or_create(spec, hold_write=True)
+        ref = AdapterRef(id=lookup.record.id, cached=lookup.cached or False)
+        return lookup.record, ref, lookup.release_write
     if req.model == svc.base_name:
-        return None, None
+        return None, None, _nothing
     found = await svc.store.get(req.model)
     if found is None:
         raise APIError(
@@ -65,7 +75,7 @@ async def resolve_adapter(svc: Service, req: ChatRequest) -> tuple[Record | None
             "model_not_found",
         )
     record, tier = found
-    return record, AdapterRef(id=record.id, cached=tier or False)
+    return record, AdapterRef(id=record.id, cached=tier or False), _nothing
 
 
 def sampling(svc: Service, req: ChatRequest) -> Sampling:
@@ -108,25 +118,25 @@ async def chat_completions(
     params = sampling(svc, req)
     messages = chat_messages(req)
     prompt = prompt_ids(svc, messages)
-    record, ref = await resolve_adapter(svc, req)
-    generation = await svc.backend.submit(ChatInput(messages, prompt, record, params))
+    record, ref, started = await resolve_adapter(svc, req)
+    try:
+        generation = await svc.backend.submit(ChatInput(messages, prompt, record, params))
+    except BaseException:
+        started()
+        raise
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            stream(generation, completion_id, created, req.model, ref, include_usage),
+            stream(events(generation, started), completion_id, created, req.model, ref, include_usage),
             media_type="text/event-stream",
         )
     text, finished = [], None
-    try:
-        while finished is None:
-            event = await generation.events.get()
-            if isinstance(event, Delta):
-                text.append(event.text)
-            else:
-                finished = event
-    finally:
-        await generation.close()
+    async for event in events(generation, started):
+        if isinstance(event, Delta):
+            text.append(event.text)
+        else:
+            finished = event
     if finished.reason == "error":
         raise APIError(500, finished.error or "generation failed")
     return ChatCompletion(
@@ -139,6 +149,21 @@ async def chat_completions(
     )
 
 
+async def events(generation: Generation, started: Callable[[], None]) -> AsyncIterator[Delta | Finished]:
+    """The generation's events up to its ``Finished``; ``started`` is called at the first (or when the
+    reader leaves before it), and the generation is closed when the reader is done or leaves."""
+    try:
+        while True:
+            event = await generation.events.get()
+            started()
+            yield event
+            if isinstance(event, Finished):
+                return
+    finally:
+        started()
+        await generation.close()
+
+
 def usage(finished: Finished) -> Usage:
     total = finished.prompt_tokens + finished.completion_tokens
     return Usage(
@@ -147,7 +172,7 @@ def usage(finished: Finished) -> Usage:
 
 
 async def stream(
-    generation: Generation,
+    generation: AsyncIterator[Delta | Finished],
     completion_id: str,
     created: int,
     model: str,
@@ -168,18 +193,15 @@ async def stream(
 
     try:
         yield chunk(DeltaMessage(role="assistant", content=""), adapter=ref)
-        while True:
-            event = await generation.events.get()
+        async for event in generation:
             if isinstance(event, Delta):
                 yield chunk(DeltaMessage(content=event.text))
-                continue
-            if event.reason == "error":
+            elif event.reason == "error":
                 yield f"data: {json.dumps(error_body(500, event.error or 'generation failed'))}\n\n"
             else:
                 yield chunk(DeltaMessage(), event.reason)
                 if include_usage:
                     yield chunk(None, usage=usage(event))
-            break
         yield "data: [DONE]\n\n"
     finally:
-        await generation.close()
+        await generation.aclose()
