@@ -1,6 +1,8 @@
 """Benchmark: activating a generated adapter on the resident SmolLM2-135M (r=8, q/v).
 
-Ours: copy the adapter's tensors into a free or least-recently-used slot of the slot bank, in place.
+Ours: copy the adapter's tensors into a free or least-recently-used slot of the slot bank, in place,
+as the server does: adapters in the dtype the store keeps them in (``T2L_ADAPTER_DTYPE``, float16 by
+default), slots in the base's (``T2L_BASE_DTYPE``, float32), so the copy converts.
 Baselines, measured in the same run on the same adapters: PEFT's ``hotswap_adapter_from_state_dict``
 (in-place swap of an already loaded adapter) and PEFT's ``load_adapter`` (a new adapter module set,
 then ``delete_adapter``). Target (issue 3): activation ≤ 1 ms on our 2-core CPU.
@@ -22,7 +24,7 @@ from bench.stats import summary, write_json
 from hypernet.base import load_base
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
-from hypernet.settings import Settings
+from server.settings import ServerSettings
 from server.slots import SlotBank
 
 TARGET_MS = 1.0
@@ -34,16 +36,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    settings = Settings()
+    settings = ServerSettings()
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
     torch.manual_seed(0)
     with torch.no_grad():  # untrained heads emit B = 0; give them weights so adapters differ like real ones
         for head in generator.model.heads.values():
             head.weight.normal_(std=0.002)
-    adapters, _ = generator.generate([f"Task number {i}: answer questions of kind {i}." for i in range(8)])
-    spec = generator.config.base
-    bank = SlotBank(spec, generator.config.hypernet.rank, slots=4)
-    base, _ = load_base(settings.base_model, settings.checkpoints_dir)
+    made, _ = generator.generate([f"Task number {i}: answer questions of kind {i}." for i in range(8)])
+    adapters = [adapter.to(getattr(torch, settings.adapter_dtype)) for adapter in made]
+    spec, dtype = generator.config.base, getattr(torch, settings.base_dtype)
+    bank = SlotBank(spec, generator.config.hypernet.rank, slots=4, dtype=dtype)
+    base, _ = load_base(settings.base_model, settings.checkpoints_dir, dtype)
 
     with tempfile.TemporaryDirectory() as tmp:
         folders = [adapter.save_peft(Path(tmp) / str(i)) for i, adapter in enumerate(adapters)]
@@ -70,11 +73,14 @@ def main() -> None:
                 peft.delete_adapter("extra")
 
     result = {
+        "adapter_dtype": settings.adapter_dtype,
+        "slot_dtype": settings.base_dtype,
         "slot_copy": summary(ours),
         "peft_hotswap": summary(hotswap),
         "peft_load_adapter": summary(load),
     }
     base_p50 = result["peft_hotswap"]["p50"]
+    print(f"adapters in {settings.adapter_dtype}, slots in {settings.base_dtype}")
     print(f"{'activation':<30}{'p50 ms':>9}{'p95 ms':>9}{'x PEFT hotswap':>16}")
     labels = {
         "slot_copy": "ours: copy into slot",
