@@ -6,6 +6,11 @@ Every target linear of the base is wrapped once; the wrapper computes
 
 with A [batch, r, in] and B [batch, out, r] (or batch 1, shared by all rows) gathered per batch row,
 as two batched matmuls. Gradients flow into A and B, so the same wrapper trains the hypernetwork.
+
+Target linears of one layer under one parent (q_proj and v_proj of an attention block) form a group:
+the first of them to see an input computes the down-projection of all of them at once, ``x [A_1; A_2]ᵀ``,
+and the others take their part when their input is the same tensor. One product of rank 2r instead of two
+of rank r: in a prefill through SmolLM2 each small product costs far more than its arithmetic.
 """
 
 from collections.abc import Iterator
@@ -15,6 +20,35 @@ import torch
 from torch import nn
 
 from hypernet.base import BaseSpec
+
+
+class LoraGroup:
+    """Wrapped linears of one layer under one parent, whose down-projections can be one product."""
+
+    def __init__(self, members: list["BatchedLoraLinear"]):
+        self.members = members
+        self.A: torch.Tensor | None = None  # every member's A joined along the rank: [batch or 1, Σr, in]
+        self.start: dict[int, int] = {}  # id(member) → where its ranks start in ``A``
+        self._input: torch.Tensor | None = None  # the input the last joint product was computed for
+        self._low: torch.Tensor | None = None
+
+    def join(self, A: torch.Tensor | None) -> None:
+        """Use ``A`` (the members' A, joined in member order), or nothing (None: each computes its own)."""
+        self.A, self._input, self._low = A, None, None
+        if A is not None:
+            offsets = [0]
+            for member in self.members:
+                offsets.append(offsets[-1] + member.A.shape[-2])
+            self.start = {id(m): offsets[i] for i, m in enumerate(self.members)}
+
+    def low(self, member: "BatchedLoraLinear", x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``h Aᵀ`` for ``member``: from the joint product of ``x`` (computed now if it is not this
+        input's), cut to the member's ranks."""
+        if self._input is not x:
+            self._low = h @ self.A.to(h.dtype).transpose(-1, -2)
+            self._input = x
+        start = self.start[id(member)]
+        return self._low[..., start : start + member.A.shape[-2]]
 
 
 class BatchedLoraLinear(nn.Module):
@@ -27,6 +61,7 @@ class BatchedLoraLinear(nn.Module):
         self.B: torch.Tensor | None = None  # [batch or 1, out, r]
         self.rows: torch.Tensor | None = None  # the batch rows A/B belong to; None = every row
         self.scaling = 0.0
+        self.group: LoraGroup | None = None  # set by ``LoraLayers``: partners under the same parent
 
     @property
     def weight(self) -> torch.Tensor:
@@ -40,7 +75,8 @@ class BatchedLoraLinear(nn.Module):
         h = x[:, None] if x.dim() == 2 else x  # [batch, in] is one token per row
         if self.rows is not None:  # rows without an adapter skip the low-rank product
             h = h.index_select(0, self.rows)
-        low = h @ A.transpose(-1, -2)  # [rows, tokens, r]
+        joint = self.group is not None and self.group.A is not None
+        low = self.group.low(self, x, h) if joint else h @ A.transpose(-1, -2)  # [rows, tokens, r]
         if self.rows is None and B.shape[0] == low.shape[0]:
             # y + s * low @ B^T as one fused kernel: no separate scale and add over the output
             out = y[:, None] if x.dim() == 2 else y
@@ -57,6 +93,7 @@ class LoraLayers:
     def __init__(self, model: nn.Module, base: BaseSpec):
         self.base = base
         self.layers: dict[str, list[BatchedLoraLinear]] = {}
+        parents: dict[tuple[int, str], list[str]] = {}  # (layer, parent path) → the kinds under it
         for kind, spec in base.modules.items():
             wrapped = []
             for layer in range(base.num_layers):
@@ -66,8 +103,20 @@ class LoraLayers:
                 if not isinstance(module, BatchedLoraLinear):
                     module = BatchedLoraLinear(module)
                     setattr(parent, leaf, module)
+                module.group = None
                 wrapped.append(module)
+                parents.setdefault((layer, parent_path), []).append(kind)
             self.layers[kind] = wrapped
+        # groups: (layer, kinds); a kind's input is checked at run time, so o_proj beside q_proj is safe
+        self.groups: list[tuple[int, list[str], LoraGroup]] = []
+        for (layer, _), kinds in parents.items():
+            if len(kinds) > 1:
+                group = LoraGroup([self.layers[k][layer] for k in kinds])
+                for member in group.members:
+                    member.group = group
+                self.groups.append((layer, kinds, group))
+        self._joined_from: tuple[torch.Tensor, ...] = ()  # the A tensors ``_joined`` was made from
+        self._joined: list[torch.Tensor] = []
 
     def set(
         self,
@@ -82,11 +131,23 @@ class LoraLayers:
             for layer, module in enumerate(modules):
                 module.A, module.B, module.scaling = A[kind][:, layer], B[kind][:, layer], scaling
                 module.rows = rows
+        sources = tuple(A[kind] for kind in self.base.modules)
+        if len(sources) != len(self._joined_from) or any(
+            a is not b for a, b in zip(sources, self._joined_from, strict=False)
+        ):  # joined again only for new tensors: the engine sets the same ones every decode step
+            self._joined_from = sources
+            self._joined = [
+                torch.cat([A[k][:, layer] for k in kinds], dim=-2) for layer, kinds, _ in self.groups
+            ]
+        for (_, _, group), joined in zip(self.groups, self._joined, strict=True):
+            group.join(joined)
 
     def clear(self) -> None:
         for modules in self.layers.values():
             for module in modules:
                 module.A = module.B = module.rows = None
+        for _, _, group in self.groups:
+            group.join(None)
 
     @contextmanager
     def applied(

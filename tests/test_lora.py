@@ -5,9 +5,11 @@ import copy
 import torch
 from peft import PeftModel
 
+from hypernet import lora as hypernet_lora
 from hypernet.adapter import LoraAdapter
+from hypernet.base import spec_from_config
 from hypernet.lora import LoraLayers
-from tests.conftest import TARGETS, tiny_llama
+from tests.conftest import CHECKPOINTS, TARGETS, tiny_llama
 
 
 def random_adapter(spec, seed: int, rank: int = 4) -> LoraAdapter:
@@ -103,3 +105,40 @@ def test_rows_without_an_adapter_skip_it(tiny_spec):
         plain = base(ids).logits
     torch.testing.assert_close(mixed[1], plain[1], rtol=0, atol=0)
     torch.testing.assert_close(mixed[[0, 2]], full, rtol=1e-5, atol=1e-5)
+
+
+def test_partners_share_one_down_projection_and_a_different_input_gets_its_own(tiny_base_dir, tmp_path):
+    """q_proj and v_proj of a layer read the same input: one joint product serves both. o_proj sits
+    under the same parent but reads the attention's output: it must not take their product."""
+    spec = spec_from_config(str(tiny_base_dir), ["q_proj", "o_proj", "v_proj"], CHECKPOINTS)
+    base = tiny_llama()
+    ours = copy.deepcopy(base)
+    layers = LoraLayers(ours, spec)
+    assert [kinds for _, kinds, _ in layers.groups] == [["q_proj", "o_proj", "v_proj"]] * spec.num_layers
+    adapter = random_adapter(spec, 11)
+    ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(2))
+    A = {m: t[None] for m, t in adapter.A.items()}
+    B = {m: t[None] for m, t in adapter.B.items()}
+    products = []
+    original = hypernet_lora.LoraGroup.low
+
+    def counted(group, member, x, h):
+        products.append(group._input is not x)  # True: this call computes a joint product
+        return original(group, member, x, h)
+
+    with torch.no_grad(), layers.applied(A, B, adapter.scaling):
+        hypernet_lora.LoraGroup.low = counted
+        try:
+            grouped = ours(ids).logits
+        finally:
+            hypernet_lora.LoraGroup.low = original
+    assert len(products) == 3 * spec.num_layers and sum(products) == 2 * spec.num_layers  # q (+v), o
+    layers.set(A, B, adapter.scaling)
+    joined = layers._joined
+    layers.set(A, B, adapter.scaling)  # the engine sets the same tensors every step: joined once
+    assert layers._joined is joined
+    layers.set({m: t.clone() for m, t in A.items()}, B, adapter.scaling)
+    assert layers._joined is not joined
+    layers.clear()
+    expected = peft_logits(base, adapter, tmp_path / "peft", ids)
+    assert (grouped - expected).abs().max() <= 1e-5
