@@ -197,13 +197,14 @@ class AdapterStore:
     def _write_later(self, record: Record, hold: asyncio.Event | None = None) -> None:
         """Store in Redis without making the request wait, once ``hold`` is set (or ``WRITE_HOLD_S`` has
         passed); ``flush`` releases what is held and awaits what is in flight."""
+        if hold is not None:
+            self._holds.add(hold)  # now, not when the task starts: a ``flush`` right after must see it
         task = asyncio.create_task(self._write_when(record, hold))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _write_when(self, record: Record, hold: asyncio.Event | None) -> bool:
         if hold is not None:
-            self._holds.add(hold)
             try:
                 await asyncio.wait_for(hold.wait(), WRITE_HOLD_S)
             except TimeoutError:

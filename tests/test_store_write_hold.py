@@ -56,9 +56,11 @@ def test_a_held_write_is_written_when_never_released_or_when_flushed(make_store,
         store = make_store()
         forgotten = await store.get_or_create("Translate English into German.", hold_write=True)
         assert await stored_within(store, forgotten.record.id, 5.0)  # after WRITE_HOLD_S, unreleased
-        monkeypatch.setattr(store_module, "WRITE_HOLD_S", 60.0)
+        monkeypatch.setattr(store_module, "WRITE_HOLD_S", 10.0)
         held = await store.get_or_create("Answer trivia questions.", hold_write=True)
-        await store.flush()  # shutting down: nothing held is lost
+        started = time.monotonic()
+        await store.flush()  # shutting down: what is held goes now, not after WRITE_HOLD_S
+        assert time.monotonic() - started < 5.0
         assert await store.redis.exists(KEY + held.record.id)
         await store.redis.aclose()
 
