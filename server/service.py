@@ -21,6 +21,7 @@ from hypernet.lora import LoraLayers
 from server.engine import Engine
 from server.generation import LocalBackend
 from server.metrics import Metrics
+from server.redis_client import redis_client
 from server.redis_server import EmbeddedRedis
 from server.settings import ServerSettings
 from server.slots import SlotBank
@@ -73,7 +74,7 @@ class Service:
         if url is None:
             self.embedded = EmbeddedRedis(s.state_dir)
             url = await asyncio.to_thread(self.embedded.start)
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis_client(url, socket_timeout=2, socket_connect_timeout=2)
         # subscriptions wait for messages indefinitely: a client of their own, without a read timeout
         self.subscriber = aioredis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=15)
         self.store = AdapterStore(
