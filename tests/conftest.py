@@ -39,13 +39,18 @@ def tiny_llama(**overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def thread_count() -> int:
+    """This process's threads now, OpenMP workers included (Linux: /proc/self/task)."""
+    return len(os.listdir("/proc/self/task"))
+
+
 def settled_thread_count(interval_s: float = 0.05) -> int:
     """This process's thread count once it stops changing: the OpenMP workers of a thread that ended
     end some time after it, and a count taken meanwhile would credit (or blame) the next test."""
-    count, settled = len(os.listdir("/proc/self/task")), False
+    count, settled = thread_count(), False
     while not settled:
         time.sleep(interval_s)
-        now = len(os.listdir("/proc/self/task"))
+        now = thread_count()
         settled, count = now == count, now
     return count
 

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import settled_thread_count
+from tests.conftest import settled_thread_count, thread_count
 from tests.server_harness import running_server
 
 MATH = "Answer grade-school math word problems, show the steps."
@@ -65,12 +65,7 @@ def test_adapter_round_trip(server):
 def test_making_and_storing_adapters_leaves_no_thread_behind(server, clean_redis):
     """Generation and the write to Redis run on threads that end: a thread that lives on after torch
     work keeps an OpenMP pool, which slows the engine's thread (server.threads)."""
-    import os
-
     import redis
-
-    def threads() -> int:
-        return len(os.listdir("/proc/self/task"))
 
     client = redis.Redis.from_url(clean_redis)
     before = settled_thread_count()
@@ -80,11 +75,11 @@ def test_making_and_storing_adapters_leaves_no_thread_behind(server, clean_redis
     ]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
-        threads() != before or not all(client.exists(f"t2l:adapter:{i}") for i in ids)
+        thread_count() != before or not all(client.exists(f"t2l:adapter:{i}") for i in ids)
     ):
         time.sleep(0.02)
     assert all(client.exists(f"t2l:adapter:{i}") for i in ids)
-    assert threads() == before
+    assert thread_count() == before
 
 
 def test_chat_inline_description_then_by_adapter_id(server):

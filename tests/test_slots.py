@@ -1,14 +1,13 @@
 """The slot bank: in-place activation, pinning, LRU eviction, waiting when every slot is pinned."""
 
 import asyncio
-import os
 import threading
 
 import pytest
 import torch
 
 from server.slots import EMPTY, SlotBank
-from tests.conftest import settled_thread_count
+from tests.conftest import settled_thread_count, thread_count
 from tests.test_lora import random_adapter
 
 
@@ -95,9 +94,6 @@ def test_slot_copies_start_no_openmp_pool_on_the_calling_thread():
         pytest.skip("one torch thread: no OpenMP pool to start")
     dst, src = torch.empty(30, 8, 2304), torch.randn(30, 8, 2304).half()
 
-    def threads() -> int:
-        return len(os.listdir("/proc/self/task"))
-
     def threads_started(fill) -> int:
         """Threads started by ``fill`` on a new thread, counted before that thread ends."""
         count = settled_thread_count()
@@ -105,7 +101,7 @@ def test_slot_copies_start_no_openmp_pool_on_the_calling_thread():
 
         def work() -> None:
             fill()
-            grew.append(threads() - count - 1)
+            grew.append(thread_count() - count - 1)
 
         worker = threading.Thread(target=work)
         worker.start()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from server.threads import on_own_thread
+from tests.conftest import thread_count
 
 
 def test_returns_the_result_and_raises_the_error_in_the_awaiting_task():
@@ -49,14 +50,11 @@ def test_the_thread_and_its_openmp_pool_end_with_the_work():
         x = torch.randn(512, 512)
         return float((x @ x).sum())  # a parallel region: this thread gets OpenMP workers
 
-    def threads() -> int:
-        return len(os.listdir("/proc/self/task"))
-
     async def run() -> int:
         await on_own_thread(parallel_op)
         await asyncio.sleep(0.05)
-        return threads()
+        return thread_count()
 
     parallel_op()  # torch's own lazily started threads (and this thread's pool) exist from here on
-    before = threads()
+    before = thread_count()
     assert asyncio.run(run()) == before
