@@ -15,7 +15,11 @@ VALUE = 4 << 20  # 4 MiB: 64 reads of redis-py's default 64 KiB at the least
 
 def test_asyncio_stream_readers_keep_their_limit_where_we_raise_it():
     """The client sets ``StreamReader._limit``: if asyncio renamed it, the setting would do nothing."""
-    assert asyncio.StreamReader()._limit == 2**16
+
+    async def default_limit() -> int:
+        return asyncio.StreamReader()._limit  # made inside a loop: outside one it looks for a current loop
+
+    assert asyncio.run(default_limit()) == 2**16
 
 
 @pytest.fixture(params=["tcp", "unix"])
