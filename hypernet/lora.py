@@ -28,18 +28,13 @@ class LoraGroup:
     def __init__(self, members: list["BatchedLoraLinear"]):
         self.members = members
         self.A: torch.Tensor | None = None  # every member's A joined along the rank: [batch or 1, Σr, in]
-        self.start: dict[int, int] = {}  # id(member) → where its ranks start in ``A``
         self._input: torch.Tensor | None = None  # the input the last joint product was computed for
         self._low: torch.Tensor | None = None
 
     def join(self, A: torch.Tensor | None) -> None:
-        """Use ``A`` (the members' A, joined in member order), or nothing (None: each computes its own)."""
+        """Use ``A`` (the members' A, joined in member order; each member's ``ranks`` say where its own
+        are), or nothing (None: each computes its own)."""
         self.A, self._input, self._low = A, None, None
-        if A is not None:
-            offsets = [0]
-            for member in self.members:
-                offsets.append(offsets[-1] + member.A.shape[-2])
-            self.start = {id(m): offsets[i] for i, m in enumerate(self.members)}
 
     def low(self, member: "BatchedLoraLinear", x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """``h Aᵀ`` for ``member``: from the joint product of ``x`` (computed now if it is not this
@@ -47,8 +42,7 @@ class LoraGroup:
         if self._input is not x:
             self._low = h @ self.A.to(h.dtype).transpose(-1, -2)
             self._input = x
-        start = self.start[id(member)]
-        return self._low[..., start : start + member.A.shape[-2]]
+        return self._low[..., member.ranks]
 
 
 class BatchedLoraLinear(nn.Module):
@@ -62,6 +56,7 @@ class BatchedLoraLinear(nn.Module):
         self.rows: torch.Tensor | None = None  # the batch rows A/B belong to; None = every row
         self.scaling = 0.0
         self.group: LoraGroup | None = None  # set by ``LoraLayers``: partners under the same parent
+        self.ranks = slice(None)  # where this linear's ranks lie in its group's joined A
 
     @property
     def weight(self) -> torch.Tensor:
@@ -139,6 +134,11 @@ class LoraLayers:
             self._joined = [
                 torch.cat([A[k][:, layer] for k in kinds], dim=-2) for layer, kinds, _ in self.groups
             ]
+            for _, _, group in self.groups:
+                start = 0
+                for member in group.members:
+                    member.ranks = slice(start, start + member.A.shape[-2])
+                    start = member.ranks.stop
         for (_, _, group), joined in zip(self.groups, self._joined, strict=True):
             group.join(joined)
 
