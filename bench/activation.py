@@ -24,6 +24,7 @@ from bench.stats import summary, write_json
 from hypernet.base import load_base
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
+from hypernet.lora import products_dtype
 from server.settings import ServerSettings
 from server.slots import SlotBank
 
@@ -45,7 +46,8 @@ def main() -> None:
     made, _ = generator.generate([f"Task number {i}: answer questions of kind {i}." for i in range(8)])
     adapters = [adapter.to(getattr(torch, settings.adapter_dtype)) for adapter in made]
     spec, dtype = generator.config.base, getattr(torch, settings.base_dtype)
-    bank = SlotBank(spec, generator.config.hypernet.rank, slots=4, dtype=dtype)
+    slot_dtype = products_dtype(dtype, "cpu")  # as the server's
+    bank = SlotBank(spec, generator.config.hypernet.rank, slots=4, dtype=slot_dtype)
     base, _ = load_base(settings.base_model, settings.checkpoints_dir, dtype)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,13 +76,13 @@ def main() -> None:
 
     result = {
         "adapter_dtype": settings.adapter_dtype,
-        "slot_dtype": settings.base_dtype,
+        "slot_dtype": str(slot_dtype).removeprefix("torch."),
         "slot_copy": summary(ours),
         "peft_hotswap": summary(hotswap),
         "peft_load_adapter": summary(load),
     }
     base_p50 = result["peft_hotswap"]["p50"]
-    print(f"adapters in {settings.adapter_dtype}, slots in {settings.base_dtype}")
+    print(f"adapters in {settings.adapter_dtype}, slots in {result['slot_dtype']}")
     print(f"{'activation':<30}{'p50 ms':>9}{'p95 ms':>9}{'x PEFT hotswap':>16}")
     labels = {
         "slot_copy": "ours: copy into slot",

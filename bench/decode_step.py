@@ -29,7 +29,7 @@ from bench.stats import summary, write_json
 from hypernet.base import load_base
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
 from hypernet.settings import Settings
 from server.engine import Engine, Job, Sampling
 from server.kv_cache import roomy_cache
@@ -77,8 +77,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, "cpu")
     spec = generator.config.base
-    bank = SlotBank(spec, generator.config.hypernet.rank, args.batch, "cpu", dtype)
-    layers = LoraLayers(model, spec)
+    lora_dtype = products_dtype(dtype, "cpu")  # as the server's
+    bank = SlotBank(spec, generator.config.hypernet.rank, args.batch, "cpu", lora_dtype)
+    layers = LoraLayers(model, spec, lora_dtype)
     loop = asyncio.new_event_loop()  # never run: the jobs' events just queue up
     slots = [loop.run_until_complete(bank.acquire(f"a{i}", a)) for i, a in enumerate(adapters)]
     prompts = chat_prompts(tokenizer, args.batch)

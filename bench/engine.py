@@ -10,8 +10,11 @@ ratio (of medians) comes with the range of its per-repetition ratios, each repet
 ``generate`` measured just before it, which shows how far one run swings on a noisy machine.
 ``--dtype`` sets the dtype of the engine's base and slots and of the plain and PEFT baselines alike;
 with a dtype other than float32, plain ``generate`` in float32 (what a user gets by default) is measured
-beside as one more row. Targets (issue 13), 2-core CPU: ≥ 0.97x the same-dtype base with 8 and 16
-distinct adapters at batch 8 and 16, the engine without adapters ≥ 1.00x; busy TTFT ≤ 1.25x idle.
+beside as one more row. The engine's base has its linear weights reordered for oneDNN where the server
+would (``T2L_PACKED_WEIGHTS``, ``hypernet.packed_linear``); plain ``generate`` with the same reordered
+weights is then one more row, which separates the kernels' gain from the engine's own cost. Targets
+(issue 13), 2-core CPU: ≥ 0.97x the same-dtype base with 8 and 16 distinct adapters at batch 8 and 16,
+the engine without adapters ≥ 1.00x; busy TTFT ≤ 1.25x idle.
 
     python -m bench.engine [--tokens 32] [--reps 3] [--dtype float32] [--json OUT]
 """
@@ -30,13 +33,15 @@ import torch
 
 from bench.stats import summary, write_json
 from hypernet.adapter import LoraAdapter
+from hypernet.attention import use_packed_decode_attention
 from hypernet.base import load_base
 from hypernet.chat import chat_ids
 from hypernet.checkpoint import default_checkpoint
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
-from hypernet.settings import Settings
+from hypernet.lora import LoraLayers, products_dtype
+from hypernet.packed_linear import pack_linears
 from server.engine import Delta, Engine, Finished, Job, Sampling
+from server.settings import ServerSettings
 from server.slots import EMPTY, SlotBank
 from server.threads import on_own_thread
 
@@ -141,6 +146,7 @@ class Setup:
     tokenizer: object
     plain: torch.nn.Module  # the baseline: transformers as it is, no LoRA wrappers
     plain32: torch.nn.Module | None  # float32 beside a lower-precision run
+    plain_packed: torch.nn.Module | None  # the baseline with reordered weights, where the engine has them
     peft: torch.nn.Module
     model: torch.nn.Module  # the engine's base, its target linears wrapped by ``layers``
     layers: LoraLayers
@@ -160,7 +166,7 @@ def setup(args: argparse.Namespace) -> Setup:
     two pools live on 2 cores every parallel region of either is slower (``server.threads``). So the
     main thread runs no torch, plain ``generate`` runs on a thread that ends, and each engine measurement
     gets an engine of its own whose thread ends after it: each system runs with only its own pool."""
-    settings = Settings()
+    settings = ServerSettings()  # the server's settings: T2L_PACKED_WEIGHTS too
     generator = AdapterGenerator.load(settings.checkpoint or default_checkpoint(settings.checkpoints_dir))
     adapters = bench_adapters(generator, 16)
     dtype, device = getattr(torch, args.dtype), settings.torch_device()
@@ -173,16 +179,25 @@ def setup(args: argparse.Namespace) -> Setup:
     )
     with tempfile.TemporaryDirectory() as tmp:
         peft = peft_model(copy.deepcopy(model), adapters[:8], Path(tmp))
+    plain_packed = None
+    if settings.packed_weights and pack_linears(model):
+        plain_packed = copy.deepcopy(plain)
+        pack_linears(plain_packed)
+    use_packed_decode_attention(model)  # as the server's
     rank = generator.config.hypernet.rank
-    bank = SlotBank(generator.config.base, rank, slots=16, device=device, dtype=dtype)
-    layers = LoraLayers(model, generator.config.base)
+    lora_dtype = products_dtype(dtype, device)  # as the server's
+    bank = SlotBank(generator.config.base, rank, slots=16, device=device, dtype=lora_dtype)
+    layers = LoraLayers(model, generator.config.base, lora_dtype)
     scaling = generator.config.hypernet.scaling
-    return Setup(adapters, tokenizer, plain, plain32, peft, model, layers, bank, scaling, device)
+    return Setup(
+        adapters, tokenizer, plain, plain32, plain_packed, peft, model, layers, bank, scaling, device
+    )
 
 
 async def measure(args: argparse.Namespace) -> dict:
     kit = await on_own_thread(setup, args)
     tokenizer, plain, plain32, peft, bank = kit.tokenizer, kit.plain, kit.plain32, kit.peft, kit.bank
+    plain_packed = kit.plain_packed
     slots = [await bank.acquire(f"a{i}", a) for i, a in enumerate(kit.adapters)]
     prompts = chat_prompts(tokenizer, 16)
 
@@ -206,13 +221,16 @@ async def measure(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(),
             "dtype": args.dtype,
             "device": kit.device,
+            "packed_weights": plain_packed is not None,
         },
     }
     await decode(8, slots[:8], 4)  # warm up both paths
     await generate(plain, 8, 4)
+    if plain_packed is not None:
+        await generate(plain_packed, 8, 4)
     await generate(peft, 8, 4, [f"a{i}" for i in range(8)])
     for batch in args.batches:
-        base_tps, peft_tps, base32_tps, bare = [], [], [], []
+        base_tps, peft_tps, base32_tps, packed_tps, bare = [], [], [], [], []
         ours: dict[int, list[float]] = {k: [] for k in (1, 4, 8, 16)}
         for _ in range(args.reps):
             seconds, count = await generate(plain, batch, args.tokens)
@@ -220,6 +238,9 @@ async def measure(args: argparse.Namespace) -> dict:
             if plain32 is not None:
                 seconds, count = await generate(plain32, batch, args.tokens)
                 base32_tps.append(count / seconds)
+            if plain_packed is not None:
+                seconds, count = await generate(plain_packed, batch, args.tokens)
+                packed_tps.append(count / seconds)
             names = [f"a{i % 8}" for i in range(batch)]
             seconds, count = await generate(peft, batch, args.tokens, names)
             peft_tps.append(count / seconds)
@@ -232,6 +253,7 @@ async def measure(args: argparse.Namespace) -> dict:
         result["throughput"][f"batch{batch}"] = {
             "base_tokens_per_s": statistics.median(base_tps),
             **({"plain_float32": against(base32_tps, base_tps)} if base32_tps else {}),
+            **({"plain_packed_weights": against(packed_tps, base_tps)} if packed_tps else {}),
             "engine_without_lora": against(bare, base_tps),
             "peft_mixed_8_adapters": against(peft_tps, base_tps),
             **{f"{k}_adapters": against(v, base_tps) for k, v in ours.items()},
@@ -283,7 +305,8 @@ def main() -> None:
     print(f"{'decode throughput (' + args.dtype + ')':<36}{'tokens/s':>10}{'x base':>9}  per-rep range")
     for batch, row in result["throughput"].items():
         print(f"{batch + ': plain transformers':<36}{row['base_tokens_per_s']:>10.1f}{1:>9.2f}")
-        named = [("plain_float32", "plain, float32"), ("engine_without_lora", "engine, no adapters")]
+        named = [("plain_float32", "plain, float32"), ("plain_packed_weights", "plain, reordered weights")]
+        named += [("engine_without_lora", "engine, no adapters")]
         named += [("peft_mixed_8_adapters", "PEFT mixed batch, 8")]
         named += [(f"{k}_adapters", f"{k:>2} distinct adapters") for k in (1, 4, 8, 16)]
         for key, name in named:

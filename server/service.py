@@ -13,11 +13,13 @@ import redis.asyncio as aioredis
 import torch
 from redis.exceptions import RedisError
 
+from hypernet.attention import use_packed_decode_attention
 from hypernet.base import load_base, load_tokenizer, spec_from_config, spec_of
 from hypernet.checkpoint import check_compatible, default_checkpoint
 from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
+from hypernet.packed_linear import pack_linears
 from server.engine import Engine
 from server.generation import LocalBackend
 from server.metrics import Metrics
@@ -111,17 +113,21 @@ class Service:
         s, config = self.settings, self.checkpoint
         dtype = getattr(torch, s.base_dtype)
         model, self.tokenizer = load_base(s.base_model, s.checkpoints_dir, dtype, device)
+        if s.packed_weights:
+            log.info("base model: %d linear layers reordered for oneDNN", pack_linears(model))
+        use_packed_decode_attention(model)
         check_compatible(
             config, self.checkpoint_path, base=spec_of(model, s.base_model, list(config.base.modules))
         )
         rank = s.slot_rank or config.hypernet.rank
         if rank < config.hypernet.rank:
             raise T2LError(f"T2L_SLOT_RANK={rank} is below the checkpoint's rank {config.hypernet.rank}")
-        self.bank = SlotBank(config.base, rank, s.slots, device, model.dtype, self.metrics)
+        lora_dtype = products_dtype(model.dtype, device)
+        self.bank = SlotBank(config.base, rank, s.slots, device, lora_dtype, self.metrics)
         self.engine = Engine(
             model,
             self.tokenizer,
-            LoraLayers(model, config.base),
+            LoraLayers(model, config.base, lora_dtype),
             self.bank,
             config.hypernet.scaling,
             s.max_batch,

@@ -8,7 +8,7 @@ from peft import PeftModel
 from hypernet import lora as hypernet_lora
 from hypernet.adapter import LoraAdapter
 from hypernet.base import spec_from_config
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
 from tests.conftest import CHECKPOINTS, TARGETS, tiny_llama
 
 
@@ -142,3 +142,37 @@ def test_partners_share_one_down_projection_and_a_different_input_gets_its_own(t
     layers.clear()
     expected = peft_logits(base, adapter, tmp_path / "peft", ids)
     assert (grouped - expected).abs().max() <= 1e-5
+
+
+def test_products_in_float32_under_a_bfloat16_base_match_a_float32_reference(tiny_spec, monkeypatch):
+    """Serving on a CPU runs a bfloat16 base's low-rank products in float32 (``products_dtype``); the rows
+    with and without an adapter keep the base's dtype and match the float32 model within bfloat16's error."""
+    assert products_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert products_dtype(torch.bfloat16, "meta") == torch.bfloat16  # elsewhere: the base's own
+    reference = tiny_llama()
+    half = copy.deepcopy(reference).to(torch.bfloat16)
+    adapters = [random_adapter(tiny_spec, seed) for seed in (1, 2)]
+    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
+    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    ids = torch.randint(0, 128, (3, 7), generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([0, 2])  # row 1 runs the base alone
+    outputs = {}
+    for name, model, dtype in (("reference", reference, None), ("half", half, torch.float32)):
+        layers = LoraLayers(model, tiny_spec, dtype)
+        with torch.no_grad():
+            layers.set(A, B, adapters[0].scaling, rows)
+            outputs[name] = model(ids).logits
+            layers.clear()
+    assert outputs["half"].dtype == torch.bfloat16
+    torch.testing.assert_close(outputs["half"].float(), outputs["reference"], rtol=0.05, atol=0.05)
+    seen, baddbmm = [], torch.baddbmm
+
+    def spy(out, low, B, **kwargs):
+        seen.append((out.dtype, low.dtype, B.dtype))
+        return baddbmm(out, low, B, **kwargs)
+
+    monkeypatch.setattr(hypernet_lora.torch, "baddbmm", spy)
+    layers = LoraLayers(half, tiny_spec, torch.float32)
+    with torch.no_grad(), layers.applied(A, B, adapters[0].scaling):
+        half(ids[:2])  # every row adapted: the fused product
+    assert seen and set(seen) == {(torch.float32,) * 3}

@@ -1,0 +1,76 @@
+"""Reordered (oneDNN) linear weights: the same results as the plain product, gradients where asked for, and
+the per-row LoRA on top still equal to PEFT's."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hypernet.lora import LoraLayers
+from hypernet.packed_linear import PackedLinear, pack_linears, packing_available
+from tests.conftest import TARGETS, tiny_llama
+from tests.test_lora import peft_logits, random_adapter
+
+pytestmark = pytest.mark.skipif(
+    not packing_available(torch.float32, "cpu"), reason="this torch build has no oneDNN linear ops"
+)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 40])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_equals_the_plain_product_for_any_row_count(rows, bias):
+    torch.manual_seed(rows)
+    linear = nn.Linear(96, 200, bias=bias)
+    packed = PackedLinear(linear)
+    x = torch.randn(rows, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), linear(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed(x[:, None])[:, 0], linear(x), rtol=1e-5, atol=1e-5)  # [rows, 1, in]
+    assert packed.weight is linear.weight and packed.bias is linear.bias
+
+
+def test_bfloat16_packed_products_match_where_the_cpu_supports_them():
+    if not packing_available(torch.bfloat16, "cpu"):
+        pytest.skip("no bfloat16 oneDNN products on this CPU")
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 128, dtype=torch.bfloat16)
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedLinear(linear)(x), linear(x))
+
+
+def test_a_call_that_needs_gradients_gets_them():
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 8).requires_grad_(False)
+    packed = PackedLinear(linear)
+    x = torch.randn(4, 16, requires_grad=True)
+    packed(x).sum().backward()
+    expected = torch.randn(4, 16, requires_grad=True)
+    with torch.no_grad():
+        expected.copy_(x)
+    linear(expected).sum().backward()
+    torch.testing.assert_close(x.grad, expected.grad)
+
+
+def test_pack_linears_keeps_names_ties_and_outputs_and_lora_still_matches_peft(tiny_spec, tmp_path):
+    base = tiny_llama(tie_word_embeddings=True)
+    packed = copy.deepcopy(base)
+    count = pack_linears(packed)
+    assert count == sum(type(m) is nn.Linear for m in base.modules())  # every linear, the LM head too
+    assert [n for n, _ in packed.named_parameters()] == [n for n, _ in base.named_parameters()]
+    assert packed.lm_head.weight is packed.model.embed_tokens.weight
+    ids = torch.randint(0, 128, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids).logits, base(ids).logits, rtol=1e-5, atol=1e-5)
+    layers = LoraLayers(packed, tiny_spec)  # wraps the packed q_proj/v_proj
+    assert isinstance(layers.layers["q_proj"][0].base, PackedLinear)
+    adapters = [random_adapter(tiny_spec, seed) for seed in (1, 2, 3)]
+    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
+    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    with torch.inference_mode(), layers.applied(A, B, adapters[0].scaling):
+        batched = packed(ids).logits
+    for row, adapter in enumerate(adapters):
+        expected = peft_logits(base, adapter, tmp_path / str(row), ids[row : row + 1])
+        assert (batched[row] - expected[0]).abs().max() <= 1e-5
+    assert pack_linears(packed) == 0  # already packed: nothing left to replace
