@@ -45,7 +45,7 @@ def main() -> None:
             head.weight.normal_(std=0.002)
     made, _ = generator.generate([f"Task number {i}: answer questions of kind {i}." for i in range(8)])
     adapters = [adapter.to(getattr(torch, settings.adapter_dtype)) for adapter in made]
-    spec, dtype = generator.config.base, getattr(torch, settings.base_dtype)
+    spec, dtype = generator.config.base, settings.torch_base_dtype()
     slot_dtype = products_dtype(dtype, "cpu")  # as the server's
     bank = SlotBank(spec, generator.config.hypernet.rank, slots=4, dtype=slot_dtype)
     base, _ = load_base(settings.base_model, settings.checkpoints_dir, dtype)

@@ -312,7 +312,7 @@ def peft_by_hand(settings: ServerSettings, generator: AdapterGenerator, texts: l
     from hypernet.base import load_base
     from hypernet.chat import chat_ids
 
-    dtype, device = getattr(torch, settings.base_dtype), settings.torch_device()
+    dtype, device = settings.torch_base_dtype(), settings.torch_device()
     model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, device)
     prompt = chat_ids(tokenizer, [{"role": "user", "content": PROMPT}], generation_prompt=True)
     ids = torch.tensor([prompt], device=model.device)
@@ -454,7 +454,7 @@ def main() -> None:
         "torch": metadata.version("torch"),
         "cpus": os.cpu_count(),
         "device": settings.device,
-        "base_dtype": settings.base_dtype,
+        "base_dtype": str(settings.torch_base_dtype()).removeprefix("torch."),
         "wall_s": wall_s,
     }
 

@@ -111,8 +111,9 @@ class Service:
     def _build_local(self, device: str) -> LocalBackend:
         """The base model, slot bank and engine, built on a thread that ends (``server.threads``)."""
         s, config = self.settings, self.checkpoint
-        dtype = getattr(torch, s.base_dtype)
+        dtype = s.torch_base_dtype()
         model, self.tokenizer = load_base(s.base_model, s.checkpoints_dir, dtype, device)
+        log.info("base model in %s", str(dtype).removeprefix("torch."))
         if s.packed_weights:
             log.info("base model: %d linear layers reordered for oneDNN", pack_linears(model))
         use_packed_decode_attention(model)

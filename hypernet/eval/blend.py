@@ -20,7 +20,7 @@ from hypernet.eval.metrics import rouge_l
 from hypernet.eval.paired import paired_difference
 from hypernet.eval.sni import EvalConfig
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
 
 
 def _description(task: Task) -> str:
@@ -58,7 +58,7 @@ def evaluate_blend(
     task_b: Task,
     cfg: EvalConfig,
 ) -> dict:
-    layers = LoraLayers(model, generator.config.base)
+    layers = LoraLayers(model, generator.config.base, products_dtype(model.dtype, model.device))  # as served
     rng = random.Random(cfg.seed)
     examples = {
         t.name: rng.sample(t.instances, min(cfg.examples, len(t.instances))) for t in (task_a, task_b)

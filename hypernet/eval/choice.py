@@ -13,7 +13,7 @@ from hypernet.data.choice import Question
 from hypernet.eval.generate import PerRow, per_row
 from hypernet.eval.sni import garbage
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
 
 CONDITIONS = ("base", "base+description", "t2l", "t2l-garbage")
 
@@ -85,7 +85,7 @@ def evaluate_choice(
     one condition per named adapter (a LoRA baseline)."""
     fixed = fixed or {}
     conditions = (*conditions, *fixed)
-    layers = LoraLayers(model, generator.config.base)
+    layers = LoraLayers(model, generator.config.base, products_dtype(model.dtype, model.device))  # as served
     scaling = generator.config.hypernet.scaling
     scores = {}
     for condition in conditions:

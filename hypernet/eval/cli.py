@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel
 
 from hypernet.adapter import LoraAdapter
@@ -17,6 +18,7 @@ from hypernet.eval.blend import evaluate_blend
 from hypernet.eval.blend import markdown as blend_markdown
 from hypernet.eval.choice import CONDITIONS as CHOICE
 from hypernet.eval.choice import evaluate_choice
+from hypernet.eval.compare import compare_runs
 from hypernet.eval.generative import BENCHMARKS, evaluate_generative, load_problems
 from hypernet.eval.generative import CONDITIONS as GENERATIVE
 from hypernet.eval.report import markdown_table, paired_lines, write_report
@@ -30,7 +32,8 @@ def _models(args: argparse.Namespace, settings: Settings) -> tuple[AdapterGenera
     path = args.checkpoint or settings.checkpoint or default_checkpoint(settings.checkpoints_dir)
     device = settings.torch_device()
     generator = AdapterGenerator.load(path, device=device, trust_remote_code=settings.trust_remote_code)
-    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, device=device)
+    dtype = getattr(torch, args.base_dtype)
+    model, tokenizer = load_base(settings.base_model, settings.checkpoints_dir, dtype, device)
     check_compatible(
         generator.config, path, base=spec_of(model, settings.base_model, list(generator.config.base.modules))
     )
@@ -50,7 +53,7 @@ def _fixed_adapters(args: argparse.Namespace, generator: AdapterGenerator) -> di
 
 def _report(result: dict, args: argparse.Namespace) -> None:
     out: Path = args.out
-    result["command"] = args.command_line
+    result["command"], result["base_dtype"] = args.command_line, args.base_dtype
     write_report(result, out)
     print(markdown_table(result, result["metrics"][0]))
     print(paired_lines(result), end="")
@@ -80,7 +83,7 @@ def cmd_eval_blend(args: argparse.Namespace, settings: Settings) -> None:
         raise T2LError(f"no task {missing[0]!r} in the {args.split} split of {settings.data_dir / 'sni'}")
     cfg = EvalConfig(args.examples, 1, args.max_new_tokens, args.batch_size, args.seed)
     result = evaluate_blend(model, tokenizer, generator, tasks[args.tasks[0]], tasks[args.tasks[1]], cfg)
-    result["command"] = args.command_line
+    result["command"], result["base_dtype"] = args.command_line, args.base_dtype
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "result.md").write_text(blend_markdown(result))
@@ -88,10 +91,39 @@ def cmd_eval_blend(args: argparse.Namespace, settings: Settings) -> None:
     print(f"results: {args.out / 'result.json'}, {args.out / 'result.md'}")
 
 
+def cmd_eval_compare(args: argparse.Namespace, settings: Settings) -> None:
+    runs = []
+    for path in (args.a, args.b):
+        file = path / "result.json" if path.is_dir() else path
+        if not file.is_file():
+            raise T2LError(f"no evaluation result at {file}")
+        runs.append(json.loads(file.read_text()))
+    print(f"B = {args.b}, A = {args.a}: ROUGE-L points, B - A (95% paired bootstrap interval)")
+    for condition, c in compare_runs(*runs).items():
+        low, high = c["ci95"]
+        print(
+            f"  {condition}: {c['b']:.2f} - {c['a']:.2f} = {c['difference']:+.2f} "
+            f"[{low:+.2f}, {high:+.2f}] ({c['examples']} paired examples)"
+        )
+
+
+def _base_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="dtype of the base model (the adapters' low-rank products on a CPU stay float32, as served)",
+    )
+
+
 def add_eval(sub: Any) -> None:
     evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(
         dest="benchmark", required=True
     )
+    p = evals.add_parser("compare", help="two `eval sni` runs of the same examples: B - A per condition")
+    p.add_argument("a", type=Path, help="result.json (or its folder) of run A")
+    p.add_argument("b", type=Path, help="result.json (or its folder) of run B")
+    p.set_defaults(run=cmd_eval_compare)
     p = evals.add_parser("sni", help="SNI tasks: ROUGE-L and exact match under each condition")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path)
@@ -110,6 +142,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", action="append", help="NAME=PEFT_FOLDER: also score this fixed adapter")
+    _base_dtype(p)
     p.set_defaults(run=cmd_eval_sni)
 
     p = evals.add_parser("blend", help="two SNI tasks under each one's adapter and their even blends")
@@ -121,6 +154,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    _base_dtype(p)
     p.set_defaults(run=cmd_eval_blend)
 
     p = evals.add_parser("mc", help="multiple choice by option log-likelihood (ARC, BoolQ, OBQA, or a JSONL)")
@@ -134,6 +168,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--descriptions", type=int, default=3, help="how many of T2L's descriptions to use")
     p.add_argument("--description", action="append", help="a task description to use (repeatable)")
     p.add_argument("--adapter", action="append", help="NAME=PEFT_FOLDER: also score this fixed adapter")
+    _base_dtype(p)
     p.set_defaults(run=cmd_eval_choice)
 
     p = evals.add_parser("gen", help="GSM8K accuracy, HumanEval / MBPP pass@1 (greedy, code run sandboxed)")
@@ -145,6 +180,7 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--descriptions", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=384)
     p.add_argument("--batch-size", type=int, default=8)
+    _base_dtype(p)
     p.set_defaults(run=cmd_eval_generative)
 
 

@@ -16,7 +16,7 @@ from hypernet.eval.generate import generate, per_row
 from hypernet.eval.sandbox import passes
 from hypernet.eval.sni import garbage
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
 
 BENCHMARKS = ("gsm8k", "humaneval", "mbpp")
 CONDITIONS = ("base", "base+description", "t2l", "t2l-garbage")
@@ -84,7 +84,7 @@ def evaluate_generative(
     batch_size: int = 8,
 ) -> dict:
     """Accuracy (GSM8K) or pass@1 (code), 0..100, under each condition."""
-    layers = LoraLayers(model, generator.config.base)
+    layers = LoraLayers(model, generator.config.base, products_dtype(model.dtype, model.device))  # as served
     scaling = generator.config.hypernet.scaling
     prefill, stop = meta.get("assistant_prefill", ""), (["```"] if name != "gsm8k" else None)
     scores = {}

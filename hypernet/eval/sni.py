@@ -22,7 +22,7 @@ from hypernet.eval.generate import generate, per_row
 from hypernet.eval.metrics import exact_match, rouge_l
 from hypernet.eval.paired import paired_difference
 from hypernet.generator import AdapterGenerator
-from hypernet.lora import LoraLayers
+from hypernet.lora import LoraLayers, products_dtype
 
 CONDITIONS = ("base", "base+description", "t2l", "t2l-garbage", "t2l-shuffled")
 
@@ -130,7 +130,7 @@ def evaluate_sni(
     cfg = cfg or EvalConfig()
     if "t2l-shuffled" in conditions and len({o.name for o in others or []}) < 2:
         raise T2LError("t2l-shuffled needs the training tasks to draw other tasks' descriptions from")
-    layers = LoraLayers(model, generator.config.base)
+    layers = LoraLayers(model, generator.config.base, products_dtype(model.dtype, model.device))  # as served
     rng = random.Random(cfg.seed)
     examples = {t.name: rng.sample(t.instances, min(cfg.examples, len(t.instances))) for t in tasks}
     per_task: dict[str, dict[str, dict]] = {t.name: {} for t in tasks}
