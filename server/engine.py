@@ -171,7 +171,9 @@ def sample_rows(rows: list[RowState], logits: torch.Tensor) -> list[int]:
     greedy = [i for i, row in enumerate(rows) if row.greedy]
     if greedy:
         chosen = logits if len(greedy) == len(rows) else logits[greedy]
-        for i, token in zip(greedy, chosen.argmax(-1).tolist(), strict=True):
+        # float32 first: a bfloat16 argmax over 8 rows of SmolLM2's vocabulary took 730 µs, the exact
+        # conversion and a float32 argmax 345 µs (same indices)
+        for i, token in zip(greedy, chosen.float().argmax(-1).tolist(), strict=True):
             tokens[i] = token
     for i, row in enumerate(rows):
         if not row.greedy:
