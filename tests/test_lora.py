@@ -32,19 +32,30 @@ def peft_logits(base, adapter: LoraAdapter, folder, ids) -> torch.Tensor:
         return model(ids).logits
 
 
+def stacked(adapters: list[LoraAdapter]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-row A and B of ``adapters`` (row i = adapter i), as ``LoraLayers.set`` takes them."""
+    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
+    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    return A, B
+
+
+def assert_rows_match_peft(batched: torch.Tensor, base, adapters: list[LoraAdapter], ids, folder) -> None:
+    """Row i of ``batched`` logits equals PEFT's with adapter i alone on row i of ``ids`` (≤ 1e-5)."""
+    for row, adapter in enumerate(adapters):
+        expected = peft_logits(base, adapter, folder / str(row), ids[row : row + 1])
+        assert (batched[row] - expected[0]).abs().max() <= 1e-5
+
+
 def test_each_row_matches_peft_with_that_rows_adapter(tiny_spec, tmp_path):
     base = tiny_llama()
     adapters = [random_adapter(tiny_spec, seed) for seed in (1, 2, 3)]
     ids = torch.randint(0, 128, (3, 9), generator=torch.Generator().manual_seed(0))
     ours = copy.deepcopy(base)
     layers = LoraLayers(ours, tiny_spec)
-    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
-    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    A, B = stacked(adapters)
     with torch.no_grad(), layers.applied(A, B, adapters[0].scaling):
         batched = ours(ids).logits
-    for row, adapter in enumerate(adapters):
-        expected = peft_logits(base, adapter, tmp_path / str(row), ids[row : row + 1])
-        assert (batched[row] - expected[0]).abs().max() <= 1e-5
+    assert_rows_match_peft(batched, base, adapters, ids, tmp_path)
     with torch.no_grad():
         plain = base(ids).logits
     assert (batched - plain).abs().max() > 1e-3  # the adapters do change the output
@@ -94,8 +105,7 @@ def test_rows_without_an_adapter_skip_it(tiny_spec):
     layers = LoraLayers(ours, tiny_spec)
     adapters = [random_adapter(tiny_spec, seed) for seed in (4, 5)]
     ids = torch.randint(0, 128, (3, 7), generator=torch.Generator().manual_seed(1))
-    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
-    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    A, B = stacked(adapters)
     with torch.no_grad():
         with layers.applied(A, B, adapters[0].scaling):
             full = ours(ids[[0, 2]]).logits  # both adapter rows alone, in one batch
@@ -152,8 +162,7 @@ def test_products_in_float32_under_a_bfloat16_base_match_a_float32_reference(tin
     reference = tiny_llama()
     half = copy.deepcopy(reference).to(torch.bfloat16)
     adapters = [random_adapter(tiny_spec, seed) for seed in (1, 2)]
-    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
-    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    A, B = stacked(adapters)
     ids = torch.randint(0, 128, (3, 7), generator=torch.Generator().manual_seed(0))
     rows = torch.tensor([0, 2])  # row 1 runs the base alone
     outputs = {}

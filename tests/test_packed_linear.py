@@ -9,8 +9,8 @@ from torch import nn
 
 from hypernet.lora import LoraLayers
 from hypernet.packed_linear import PackedLinear, pack_linears, packing_available
-from tests.conftest import TARGETS, tiny_llama
-from tests.test_lora import peft_logits, random_adapter
+from tests.conftest import tiny_llama
+from tests.test_lora import assert_rows_match_peft, random_adapter, stacked
 
 pytestmark = pytest.mark.skipif(
     not packing_available(torch.float32, "cpu"), reason="this torch build has no oneDNN linear ops"
@@ -66,11 +66,8 @@ def test_pack_linears_keeps_names_ties_and_outputs_and_lora_still_matches_peft(t
     layers = LoraLayers(packed, tiny_spec)  # wraps the packed q_proj/v_proj
     assert isinstance(layers.layers["q_proj"][0].base, PackedLinear)
     adapters = [random_adapter(tiny_spec, seed) for seed in (1, 2, 3)]
-    A = {m: torch.stack([a.A[m] for a in adapters]) for m in TARGETS}
-    B = {m: torch.stack([a.B[m] for a in adapters]) for m in TARGETS}
+    A, B = stacked(adapters)
     with torch.inference_mode(), layers.applied(A, B, adapters[0].scaling):
         batched = packed(ids).logits
-    for row, adapter in enumerate(adapters):
-        expected = peft_logits(base, adapter, tmp_path / str(row), ids[row : row + 1])
-        assert (batched[row] - expected[0]).abs().max() <= 1e-5
+    assert_rows_match_peft(batched, base, adapters, ids, tmp_path)
     assert pack_linears(packed) == 0  # already packed: nothing left to replace
