@@ -48,13 +48,20 @@ class LoraGroup:
         are), or nothing (None: each computes its own)."""
         self.A, self._input, self._low = A, None, None
 
-    def low(self, member: "BatchedLoraLinear", x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """``h Aᵀ`` for ``member``: from the joint product of ``x`` (computed now if it is not this
+    def low(self, member: "BatchedLoraLinear", x: torch.Tensor) -> torch.Tensor:
+        """``x Aᵀ`` for ``member``: from the joint product of ``x`` (computed now if it is not this
         input's), cut to the member's ranks."""
         if self._input is not x:
-            self._low = h @ self.A.to(h.dtype).transpose(-1, -2)
+            h = member.rows_of(x)
+            self._low = product(h, self.A.to(h.dtype).transpose(-1, -2))
             self._input = x
         return self._low[..., member.ranks]
+
+
+def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``, as ``torch.bmm`` where the batches match: at a decode step's shapes ``@`` cost about
+    twice as much for its broadcasting logic."""
+    return torch.bmm(a, b) if a.dim() == b.dim() == 3 and a.shape[0] == b.shape[0] else a @ b
 
 
 class BatchedLoraLinear(nn.Module):
@@ -75,23 +82,28 @@ class BatchedLoraLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.base.weight
 
+    def rows_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the low-rank product: [rows, tokens, in] in its dtype, adapted rows only."""
+        h = x[:, None] if x.dim() == 2 else x  # [batch, in] is one token per row
+        if self.rows is not None:  # rows without an adapter skip the low-rank product
+            h = h.index_select(0, self.rows)
+        return h.to(self.dtype or x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.A is None or self.B is None:
             return y
         dtype = self.dtype or x.dtype
-        A, B = self.A.to(dtype), self.B.to(dtype)
-        h = x[:, None] if x.dim() == 2 else x  # [batch, in] is one token per row
-        if self.rows is not None:  # rows without an adapter skip the low-rank product
-            h = h.index_select(0, self.rows)
-        h = h.to(dtype)
-        joint = self.group is not None and self.group.A is not None
-        low = self.group.low(self, x, h) if joint else h @ A.transpose(-1, -2)  # [rows, tokens, r]
-        if self.rows is None and B.shape[0] == low.shape[0]:
-            # y + s * low @ B^T as one fused kernel: no separate scale and add over the output
+        if self.group is not None and self.group.A is not None:
+            low = self.group.low(self, x)  # [rows, tokens, r]
+        else:
+            low = product(self.rows_of(x), self.A.to(dtype).transpose(-1, -2))
+        Bt = self.B.to(dtype).transpose(-1, -2)  # contiguous where B is a view of a stored Bᵀ (the slots)
+        if self.rows is None and Bt.shape[0] == low.shape[0]:
+            # y + s * low @ Bᵀ as one fused kernel: no separate scale and add over the output
             out = (y[:, None] if x.dim() == 2 else y).to(dtype)
-            return torch.baddbmm(out, low, B.transpose(-1, -2), alpha=self.scaling).to(y.dtype).view_as(y)
-        delta = (self.scaling * (low @ B.transpose(-1, -2))).to(y.dtype)
+            return torch.baddbmm(out, low, Bt, alpha=self.scaling).to(y.dtype).view_as(y)
+        delta = (self.scaling * product(low, Bt)).to(y.dtype)
         if x.dim() == 2:
             delta = delta[:, 0]
         return y + delta if self.rows is None else y.index_add(0, self.rows, delta)

@@ -76,8 +76,10 @@ class SlotBank:
             m: torch.empty(slots + 1, layers, rank, s.in_features, dtype=dtype, device=device).zero_()
             for m, s in base.modules.items()
         }
-        self.B = {
-            m: torch.empty(slots + 1, layers, s.out_features, rank, dtype=dtype, device=device).zero_()
+        # B is kept transposed ([.., rank, out], contiguous): the engine's product takes Bᵀ, and a batched
+        # product of a contiguous Bᵀ took half the time of a transposed view's at a decode step's shapes
+        self.Bt = {
+            m: torch.empty(slots + 1, layers, rank, s.out_features, dtype=dtype, device=device).zero_()
             for m, s in base.modules.items()
         }
         self.owner: list[str | None] = [None] * (slots + 1)
@@ -99,10 +101,10 @@ class SlotBank:
         r = adapter.rank
         for m in self.A:
             _copy(self.A[m][slot, :, :r], adapter.A[m])
-            _copy(self.B[m][slot, :, :, :r], adapter.B[m])
+            _copy(self.Bt[m][slot, :, :r], adapter.B[m].transpose(-1, -2))
             if r < self.rank:
                 _zero(self.A[m][slot, :, r:])
-                _zero(self.B[m][slot, :, :, r:])
+                _zero(self.Bt[m][slot, :, r:])
         self.activations_ms.append((time.perf_counter() - start) * 1000)
 
     async def acquire(self, adapter_id: str, adapter: LoraAdapter) -> int:
@@ -140,8 +142,9 @@ class SlotBank:
             self.owner[slot] = None
 
     def gather(self, slots: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Per-row A [batch, layers, r, in] and B [batch, layers, out, r] for rows using ``slots``."""
+        """Per-row A [batch, layers, r, in] and B [batch, layers, out, r] for rows using ``slots`` (B a
+        transposed view of contiguous Bᵀ)."""
         index = torch.tensor(slots, device=next(iter(self.A.values())).device)
         return {m: t.index_select(0, index) for m, t in self.A.items()}, {
-            m: t.index_select(0, index) for m, t in self.B.items()
+            m: t.index_select(0, index).transpose(-1, -2) for m, t in self.Bt.items()
         }

@@ -18,7 +18,7 @@ def engine(tiny_chat_base):
     spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
     bank = SlotBank(spec, rank=4, slots=2)
     gen = torch.Generator().manual_seed(0)
-    for tensors in (bank.A, bank.B):  # two random adapters in slots 1 and 2
+    for tensors in (bank.A, bank.Bt):  # two random adapters in slots 1 and 2
         for t in tensors.values():
             t[1:] = torch.randn(t[1:].shape, generator=gen) * 0.5
     engine = Engine(model, tokenizer, LoraLayers(model, spec), bank, scaling=2.0, batch_window_ms=0)

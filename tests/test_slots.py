@@ -30,6 +30,7 @@ def test_activation_copies_in_place_and_gather_gives_each_rows_adapter(bank, tin
     for m in A:
         assert torch.equal(A[m][0], b.A[m]) and torch.equal(B[m][2], a.B[m])
         assert torch.count_nonzero(B[m][1]) == 0  # the empty slot leaves the base model alone
+        assert B[m].transpose(-1, -2).is_contiguous()  # Bᵀ, what the engine's product takes, is stored
     assert len(bank.activations_ms) == 2
 
 
