@@ -29,8 +29,9 @@ class ServerSettings(Settings):
     )
     packed_weights: bool = Field(
         True,
-        description="reorder the base model's linear weights once for oneDNN (CPU, float32/bfloat16): about "
-        "half the time of a decode step's matrix products, for one more copy of those weights in memory",
+        description="reorder the base model's linear weights once for oneDNN (CPU, float32/bfloat16), the "
+        "projections that read one input (q/k/v, gate/up) joined into one product: about half the time of a "
+        "decode step's matrix products, for one more copy of those weights in memory",
     )
     l1_max_adapters: int = Field(256, ge=1)
     l1_max_mb: float = Field(512.0, gt=0)
