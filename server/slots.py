@@ -143,7 +143,15 @@ class SlotBank:
 
     def gather(self, slots: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-row A [batch, layers, r, in] and B [batch, layers, out, r] for rows using ``slots`` (B a
-        transposed view of contiguous Bᵀ)."""
+        transposed view of contiguous Bᵀ). Consecutive slots (a newcomer's prefill alone, most often) are
+        views of the bank, no copy: a copy of one row took about 0.1 ms a tensor, 0.5 ms a prefill. The
+        rows' slots are pinned while they run, so no activation writes over them meanwhile."""
+        first = slots[0] if slots else 0
+        if slots == list(range(first, first + len(slots))):
+            rows = slice(first, first + len(slots))
+            return {m: t[rows] for m, t in self.A.items()}, {
+                m: t[rows].transpose(-1, -2) for m, t in self.Bt.items()
+            }
         index = torch.tensor(slots, device=next(iter(self.A.values())).device)
         return {m: t.index_select(0, index) for m, t in self.A.items()}, {
             m: t.index_select(0, index).transpose(-1, -2) for m, t in self.Bt.items()

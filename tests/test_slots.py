@@ -34,6 +34,27 @@ def test_activation_copies_in_place_and_gather_gives_each_rows_adapter(bank, tin
     assert len(bank.activations_ms) == 2
 
 
+def test_gather_of_consecutive_slots_is_a_view_equal_to_a_copy(bank, tiny_spec):
+    async def run() -> list[int]:
+        return [await bank.acquire(name, random_adapter(tiny_spec, i)) for i, name in enumerate("ab")]
+
+    first, second = sorted(asyncio.run(run()))
+    assert second == first + 1
+    for slots in ([first], [first, second]):
+        A, B = bank.gather(slots)
+        copies = bank.gather([*slots, EMPTY])  # not consecutive: copied by index
+        for m in A:
+            assert A[m].data_ptr() == bank.A[m][first].data_ptr()  # a view: nothing copied
+            assert B[m].transpose(-1, -2).data_ptr() == bank.Bt[m][first].data_ptr()
+            assert torch.equal(A[m], copies[0][m][: len(slots)]) and torch.equal(
+                B[m], copies[1][m][: len(slots)]
+            )
+            assert B[m].transpose(-1, -2).is_contiguous()
+    A, _ = bank.gather([second, first])  # out of order: a copy in the rows' order
+    for m in A:
+        assert A[m].data_ptr() != bank.A[m][second].data_ptr() and torch.equal(A[m][0], bank.A[m][second])
+
+
 def test_least_recently_used_unpinned_slot_is_reused_and_pinned_ones_are_kept(bank, tiny_spec):
     async def run() -> None:
         slot_a = await bank.acquire("a", random_adapter(tiny_spec, 1))
