@@ -70,6 +70,9 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    # when the request reached the server (monotonic): the batch window counts from here, so time spent
+    # before submission (making the request's adapter) is time the batch had to gather company
+    arrived: float = field(default_factory=time.monotonic)
 
     def emit(self, event: Delta | Finished) -> None:
         try:
@@ -286,8 +289,9 @@ class Engine:
             raise QueueFull from err
 
     def _arrivals(self, running: int) -> list[Job]:
-        """Jobs to admit now: when idle, block for one and wait the batch window for company;
-        when busy, whatever is queued, up to the free places."""
+        """Jobs to admit now: when idle, block for one and wait for company until the batch window has
+        passed since that job's request arrived (a request that spent longer making its adapter waits no
+        more); when busy, whatever is queued, up to the free places."""
         jobs: list[Job] = []
         free = self.max_batch - running
         deadline = None
@@ -295,7 +299,7 @@ class Engine:
             try:
                 if running == 0 and not jobs:
                     job = self.queue.get()
-                    deadline = time.monotonic() + self.window_s
+                    deadline = min(job.arrived, time.monotonic()) + self.window_s
                 elif deadline is not None and (remaining := deadline - time.monotonic()) > 0:
                     job = self.queue.get(timeout=remaining)
                 else:

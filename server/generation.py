@@ -6,7 +6,8 @@ a generation is a queue of ``Delta`` events ended by one ``Finished``; the API f
 """
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.engine import Engine, Job, QueueFull, Sampling
@@ -21,6 +22,7 @@ class ChatInput:
     prompt: list[int]  # the same messages through the base's chat template
     record: Record | None  # the adapter, or None for the base model
     sampling: Sampling
+    arrived: float = field(default_factory=time.monotonic)  # when the request came in (monotonic)
 
 
 class Generation(Protocol):
@@ -71,7 +73,7 @@ class LocalBackend:
                 "rank_too_large",
             )
         slot = await self.bank.acquire(record.id, record.adapter) if record else EMPTY
-        job = Job(chat.prompt, slot, chat.sampling, asyncio.get_running_loop())
+        job = Job(chat.prompt, slot, chat.sampling, asyncio.get_running_loop(), arrived=chat.arrived)
         try:
             self.engine.submit(job)
         except QueueFull as err:

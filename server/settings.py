@@ -42,7 +42,12 @@ class ServerSettings(Settings):
         description="rank a slot holds; unset = the checkpoint's (a weights blend of k needs k x r)",
     )
     max_batch: int = Field(8, ge=1, description="sequences decoded together")
-    batch_window_ms: float = Field(5.0, ge=0, description="how long a new batch waits for company")
+    batch_window_ms: float = Field(
+        5.0,
+        ge=0,
+        description="how long a new batch waits for company, counted from its first request's arrival "
+        "(time spent making the request's adapter counts)",
+    )
     max_queue: int = Field(64, ge=1, description="queued requests before 429")
     max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request names none")

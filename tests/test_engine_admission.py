@@ -1,6 +1,7 @@
 """A request that arrives during a decode step is prefilled between two of its layers, not after it."""
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -97,3 +98,29 @@ def test_a_newcomer_mid_step_gets_its_first_token_before_the_step_ends(engine, m
 def _submitted(engine: Engine, made: Job) -> Job:
     engine.submit(made)
     return made
+
+
+def test_the_batch_window_counts_from_the_requests_arrival(tiny_chat_base):
+    """An idle engine waits the window for company from when a request arrived: one that spent the
+    window making its adapter (arrived a window ago) is prefilled at once; a fresh one waits."""
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
+    window_s = 1.0
+    engine = Engine(
+        model, tokenizer, LoraLayers(model, spec), SlotBank(spec, rank=4, slots=1), 2.0, batch_window_ms=1000
+    )
+    engine.start()
+
+    async def first_token_s(arrived_ago: float) -> float:
+        made = job([1, 400, 401], EMPTY, 1)
+        made.arrived -= arrived_ago
+        start = time.monotonic()
+        engine.submit(made)
+        await tokens_of(made)
+        return time.monotonic() - start
+
+    try:
+        assert asyncio.run(first_token_s(window_s)) < 0.8 * window_s
+        assert asyncio.run(first_token_s(0.0)) >= 0.95 * window_s
+    finally:
+        engine.stop()

@@ -115,12 +115,13 @@ def prompt_ids(svc: Service, messages: list[dict[str, str]]) -> list[int]:
 async def chat_completions(
     req: ChatRequest, svc: Annotated[Service, Depends(service)]
 ) -> ChatCompletion | StreamingResponse:
+    arrived = time.monotonic()  # the engine's batch window counts from here (``Engine._arrivals``)
     params = sampling(svc, req)
     messages = chat_messages(req)
     prompt = prompt_ids(svc, messages)
     record, ref, started = await resolve_adapter(svc, req)
     try:
-        generation = await svc.backend.submit(ChatInput(messages, prompt, record, params))
+        generation = await svc.backend.submit(ChatInput(messages, prompt, record, params, arrived))
     except BaseException:
         started()
         raise
