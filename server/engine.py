@@ -299,7 +299,8 @@ class Engine:
             try:
                 if running == 0 and not jobs:
                     job = self.queue.get()
-                    deadline = min(job.arrived, time.monotonic()) + self.window_s
+                    if job is not None:
+                        deadline = min(job.arrived, time.monotonic()) + self.window_s
                 elif deadline is not None and (remaining := deadline - time.monotonic()) > 0:
                     job = self.queue.get(timeout=remaining)
                 else:

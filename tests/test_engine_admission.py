@@ -1,6 +1,7 @@
 """A request that arrives during a decode step is prefilled between two of its layers, not after it."""
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -100,9 +101,12 @@ def _submitted(engine: Engine, made: Job) -> Job:
     return made
 
 
-def test_the_batch_window_counts_from_the_requests_arrival(tiny_chat_base):
+def test_the_batch_window_counts_from_the_requests_arrival(tiny_chat_base, monkeypatch):
     """An idle engine waits the window for company from when a request arrived: one that spent the
-    window making its adapter (arrived a window ago) is prefilled at once; a fresh one waits."""
+    window making its adapter (arrived a window ago) is prefilled at once; a fresh one waits. Stopping
+    the idle engine ends its thread cleanly."""
+    crashes: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
     model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
     spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
     window_s = 1.0
@@ -124,3 +128,4 @@ def test_the_batch_window_counts_from_the_requests_arrival(tiny_chat_base):
         assert asyncio.run(first_token_s(0.0)) >= 0.95 * window_s
     finally:
         engine.stop()
+    assert not engine._thread.is_alive() and crashes == []
