@@ -144,8 +144,8 @@ class SlotBank:
     def gather(self, slots: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-row A [batch, layers, r, in] and B [batch, layers, out, r] for rows using ``slots`` (B a
         transposed view of contiguous Bᵀ). Consecutive slots (a newcomer's prefill alone, most often) are
-        views of the bank, no copy: a copy of one row took about 0.1 ms a tensor, 0.5 ms a prefill. The
-        rows' slots are pinned while they run, so no activation writes over them meanwhile."""
+        views of the bank, no copy (one slot, caches cold: 0.15 ms copied, 0.04 ms as views). The rows'
+        slots are pinned while they run, so no activation writes over them meanwhile."""
         first = slots[0] if slots else 0
         if slots == list(range(first, first + len(slots))):
             rows = slice(first, first + len(slots))
