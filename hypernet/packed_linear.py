@@ -45,21 +45,35 @@ def packing_available(dtype: torch.dtype, device: torch.device | str) -> bool:
     return True
 
 
-class PackedLinear(nn.Linear):
-    """An ``nn.Linear`` (same parameters, same results up to summation order) computing with a reordered
-    copy of its weight."""
+class _ReorderedLinear(nn.Linear):
+    """An ``nn.Linear`` that keeps another's parameters and computes, outside autograd, from a reordered
+    copy of its weight (``_reordered``); a call that needs a gradient takes the plain product."""
 
-    def __init__(self, linear: nn.Linear, rows_hint: int = ROWS_HINT):
+    def __init__(self, linear: nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_parameter("weight", linear.weight)
         self.register_parameter("bias", linear.bias)
-        # an opaque oneDNN tensor: kept off the module's buffers, which .to() and state_dict would touch
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return F.linear(x, self.weight, self.bias)
+        return self._reordered(x)
+
+    def _reordered(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PackedLinear(_ReorderedLinear):
+    """An ``nn.Linear`` (same parameters, same results up to summation order) computing with a reordered
+    copy of its weight."""
+
+    def __init__(self, linear: nn.Linear, rows_hint: int = ROWS_HINT):
+        super().__init__(linear)
+        # an opaque oneDNN tensor: kept off the module's buffers, which .to() and state_dict would touch
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
+
+    def _reordered(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
 
@@ -88,20 +102,15 @@ class JoinedProduct:
         return output
 
 
-class JoinedLinear(nn.Linear):
+class JoinedLinear(_ReorderedLinear):
     """One of several sibling ``nn.Linear`` (same parameters) whose outputs come from a shared
     ``JoinedProduct``: its own columns of it, a view."""
 
     def __init__(self, linear: nn.Linear, product: JoinedProduct, columns: slice):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_parameter("weight", linear.weight)
-        self.register_parameter("bias", linear.bias)
+        super().__init__(linear)
         self._product, self._columns = product, columns
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return F.linear(x, self.weight, self.bias)
+    def _reordered(self, x: torch.Tensor) -> torch.Tensor:
         return self._product.output(x)[..., self._columns]
 
 

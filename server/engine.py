@@ -300,7 +300,7 @@ class Engine:
                 if running == 0 and not jobs:
                     job = self.queue.get()
                     if job is not None:
-                        deadline = min(job.arrived, time.monotonic()) + self.window_s
+                        deadline = job.arrived + self.window_s
                 elif deadline is not None and (remaining := deadline - time.monotonic()) > 0:
                     job = self.queue.get(timeout=remaining)
                 else:
