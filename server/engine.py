@@ -7,7 +7,8 @@ rest of the step; they join the batch after it. Finished or abandoned rows leave
 ``batch_window_ms`` after a first arrival for company. Each row carries its adapter slot; the batched LoRA in
 ``hypernet.lora`` applies every row's own A/B, so requests with different adapters never see each other's
 weights. Each row samples with its own temperature, top-p, seed, stop strings and token limit, and streams its
-text as it is produced. Tokens reach the asyncio side through ``loop.call_soon_threadsafe``.
+text as it is produced. Tokens reach the asyncio side through ``loop.call_soon_threadsafe``. The thread
+decodes at a higher nice value (``nice``, ``server.threads``), so adapter generation and HTTP come first.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ from hypernet.lora import LoraLayers
 from server.kv_cache import roomy_cache
 from server.metrics import Metrics
 from server.slots import EMPTY, SlotBank
+from server.threads import lower_priority
 
 log = logging.getLogger("t2l.engine")
 
@@ -247,8 +249,9 @@ class Engine:
         max_queue: int = 64,
         metrics: Metrics | None = None,
         new_cache: Callable[[], Cache] = roomy_cache,  # bench.decode_step compares DynamicCache
+        nice: int = 0,
     ):
-        self.new_cache = new_cache
+        self.new_cache, self.nice = new_cache, nice
         self.model, self.tokenizer, self.layers, self.bank = model, tokenizer, layers, bank
         self.scaling, self.max_batch, self.window_s = scaling, max_batch, batch_window_ms / 1000
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
@@ -315,6 +318,7 @@ class Engine:
         return jobs
 
     def _loop(self) -> None:
+        lower_priority(self.nice)  # first: the OpenMP workers this thread starts inherit it
         batch: Batch | None = None
         while True:
             running = len(batch.rows) if batch else 0

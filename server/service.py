@@ -135,6 +135,7 @@ class Service:
             s.batch_window_ms,
             s.max_queue,
             self.metrics,
+            nice=s.engine_nice,
         )
         return LocalBackend(self.engine, self.bank)
 

@@ -49,6 +49,13 @@ class ServerSettings(Settings):
         "(time spent making the request's adapter counts)",
     )
     max_queue: int = Field(64, ge=1, description="queued requests before 429")
+    engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="added to the nice value of the engine's threads (Linux): generating a newcomer's "
+        "adapter and serving HTTP take the cores first, decoding takes the rest; 0 = same priority",
+    )
     max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request names none")
     max_prompt_tokens: int = Field(2048, ge=1)

@@ -13,7 +13,6 @@ degraded, and writes the adapters it could not store once Redis answers again.
 import asyncio
 import hashlib
 import logging
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from hypernet.embed import normalize_description
 from hypernet.errors import T2LError
 from hypernet.generator import AdapterGenerator, Timings
 from server.metrics import Metrics
-from server.threads import on_own_thread
+from server.threads import SerialThread
 
 log = logging.getLogger("t2l.store")
 WRITE_HOLD_S = 5.0  # the longest a held Redis write waits for its request to release it
@@ -138,10 +137,9 @@ class AdapterStore:
         self._holds: set[asyncio.Event] = set()  # writes held for their requests, released by ``flush``
         self.degraded = False
         self.generations = 0  # how many adapters this process generated (tests count single-flight)
-        # One generation at a time, each on a thread that ends with it: two OpenMP teams at work compete
-        # for the same cores (py-spy on bench.server's cold POSTs), and an idle team left on a living
-        # thread slows the engine's every step (server.threads)
-        self._generating = threading.Lock()
+        # generation and serialisation, one at a time (two at work would compete for the same cores), on
+        # one thread that keeps no OpenMP pool (``server.threads``)
+        self.worker = SerialThread("t2l-generate")
         self.metrics.redis_up.set_function(lambda: 0 if self.degraded or self.redis is None else 1)
         self.metrics.redis_backlog.set_function(lambda: len(self._unsynced))
 
@@ -154,8 +152,8 @@ class AdapterStore:
         return "t2l-" + hashlib.sha256(key).hexdigest()[:32]
 
     def _generate(self, spec: str | Blend) -> tuple[LoraAdapter, Timings]:
-        """On the generation thread, the cast to the stored dtype included: a torch op on the event
-        loop's thread would start an OpenMP team of its own there, beside the engine's."""
+        """On the worker thread, the cast to the stored dtype included: a torch op on the event loop's
+        thread would start an OpenMP team of its own there, beside the engine's."""
         if isinstance(spec, Blend) and spec.single is None:
             adapter, timings = self.generator.generate_blend(spec)
         else:
@@ -220,14 +218,14 @@ class AdapterStore:
             await asyncio.gather(*self._writes)
 
     async def close(self) -> None:
-        """Finish the Redis writes in flight."""
+        """Finish the Redis writes in flight, then let the worker thread go."""
         await self.flush()
+        self.worker.close()
 
     async def _write(self, record: Record) -> bool:
         """Store one adapter; False (and remembered for a later retry) when Redis is unreachable."""
-        # a thread that ends: to_bytes copies non-contiguous tensors with torch, which would leave an
-        # OpenMP pool on an executor thread that lives on (``server.threads``)
-        data = await on_own_thread(record.adapter.to_bytes, name="t2l-serialise")
+        # on the worker: to_bytes may copy non-contiguous tensors with torch, kept serial there
+        data = await self.worker.run(record.adapter.to_bytes)
         fields = {
             "data": data,
             "checksum": checksum(data),
@@ -310,9 +308,7 @@ class AdapterStore:
                     self.l1.put(record)
                     self.metrics.lookups.labels("redis").inc()
                     return Lookup(record, "redis", {**timings, "total": (time.perf_counter() - start) * 1000})
-                adapter, timings = await on_own_thread(
-                    self._generate, spec, lock=self._generating, name="t2l-generate"
-                )
+                adapter, timings = await self.worker.run(self._generate, spec)
                 self.generations += 1
                 self.metrics.lookups.labels("generated").inc()
                 self.metrics.generation_seconds.labels("embed").observe(timings.embed_ms / 1000)

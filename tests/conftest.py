@@ -44,6 +44,12 @@ def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def nice_of(tid: int) -> int:
+    """A thread's nice value (Linux: /proc/self/task/<tid>/stat, field 19)."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2 :].split()[16])
+
+
 def settled_thread_count(interval_s: float = 0.05) -> int:
     """This process's thread count once it stops changing: the OpenMP workers of a thread that ended
     end some time after it, and a count taken meanwhile would credit (or blame) the next test."""

@@ -1,6 +1,7 @@
 """A request that arrives during a decode step is prefilled between two of its layers, not after it."""
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -11,7 +12,7 @@ from hypernet.base import load_base, spec_from_config
 from hypernet.lora import LoraLayers
 from server.engine import Engine, Finished, Job, RowState, Sampling
 from server.slots import EMPTY, SlotBank
-from tests.conftest import CHECKPOINTS, TARGETS
+from tests.conftest import CHECKPOINTS, TARGETS, nice_of
 
 
 @pytest.fixture
@@ -129,3 +130,25 @@ def test_the_batch_window_counts_from_the_requests_arrival(tiny_chat_base, monke
     finally:
         engine.stop()
     assert not engine._thread.is_alive() and crashes == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_the_engine_decodes_at_its_nice_value_and_the_caller_keeps_its_own(tiny_chat_base):
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
+    bank = SlotBank(spec, rank=4, slots=1)
+    engine = Engine(model, tokenizer, LoraLayers(model, spec), bank, 2.0, batch_window_ms=0, nice=4)
+    base = nice_of(threading.get_native_id())
+    engine.start()
+
+    async def decode() -> None:
+        made = job([1, 400, 401], EMPTY, 3)
+        engine.submit(made)
+        await tokens_of(made)
+
+    try:
+        asyncio.run(decode())
+        assert nice_of(engine._thread.native_id) == min(19, base + 4)
+    finally:
+        engine.stop()
+    assert nice_of(threading.get_native_id()) == base
