@@ -423,12 +423,11 @@ class Engine:
         return Batch(rows, cache, mask, positions[:, -1] + 1, torch.tensor(tokens, device=self.device))
 
     def _step(self, batch: Batch) -> Batch | None:
-        """Drop finished rows, then decode one token for every remaining row."""
-        keep = [i for i, row in enumerate(batch.rows) if not row.done and not row.job.cancelled.is_set()]
-        if not keep:
+        """Decode one token for every row, then drop the rows that finished: a newcomer admitted before
+        the next step merges into a batch without them (one copy of the cache, not two) and waits for
+        no clean-up."""
+        if (batch := _unfinished(batch)) is None:  # rows cancelled since the last step
             return None
-        if len(keep) < len(batch.rows):
-            batch.keep(keep)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         self._apply(batch.rows)
         self._stepping = batch.rows
@@ -448,4 +447,14 @@ class Engine:
         for row, token in zip(batch.rows, tokens, strict=True):
             row.push(token)
         batch.pending = torch.tensor(tokens, device=self.device)
-        return batch
+        return _unfinished(batch)
+
+
+def _unfinished(batch: Batch) -> Batch | None:
+    """The batch without its finished or cancelled rows (None when none is left)."""
+    keep = [i for i, row in enumerate(batch.rows) if not row.done and not row.job.cancelled.is_set()]
+    if not keep:
+        return None
+    if len(keep) < len(batch.rows):
+        batch.keep(keep)
+    return batch

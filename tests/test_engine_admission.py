@@ -10,7 +10,7 @@ import torch
 
 from hypernet.base import load_base, spec_from_config
 from hypernet.lora import LoraLayers
-from server.engine import Engine, Finished, Job, RowState, Sampling
+from server.engine import Batch, Engine, Finished, Job, RowState, Sampling
 from server.slots import EMPTY, SlotBank
 from tests.conftest import CHECKPOINTS, TARGETS, nice_of
 
@@ -152,3 +152,64 @@ def test_the_engine_decodes_at_its_nice_value_and_the_caller_keeps_its_own(tiny_
     finally:
         engine.stop()
     assert nice_of(threading.get_native_id()) == base
+
+
+def test_a_newcomer_arriving_while_finished_rows_leave_is_prefilled_before_the_next_step(engine, monkeypatch):
+    """A row finishes and leaves the batch at the end of its step (``Batch.keep``); a newcomer submitted
+    meanwhile is prefilled before the next step, with no gather of the remaining rows' slots in between
+    (the batch is gathered once, with the newcomer), its first token before the remaining row's next,
+    and every row gets the greedy tokens it gets alone."""
+    log: list[tuple[int, int]] = []
+    push = RowState.push
+
+    def recording_push(row: RowState, token: int) -> None:
+        log.append((id(row.job), token))
+        row.job.pushed.append(token)
+        push(row, token)
+
+    monkeypatch.setattr(RowState, "push", recording_push)
+    prompts = {"long": [1, 400, 401, 402], "short": [1, 410, 411], "new": [1, 500, 501]}
+
+    async def alone() -> list[list[int]]:
+        return [
+            await tokens_of(_submitted(engine, job(prompts["long"], 1, 10))),
+            await tokens_of(_submitted(engine, job(prompts["short"], EMPTY, 3))),
+            await tokens_of(_submitted(engine, job(prompts["new"], 2, 4))),
+        ]
+
+    expected = asyncio.run(alone())
+    log.clear()
+    jobs: dict[str, Job] = {}
+    keep, gather = Batch.keep, engine.bank.gather
+    # the slots gathered from when the short row leaves to the new row's prefill
+    between: list[list[int]] | None = None
+
+    def keep_and_submit(batch: Batch, indices: list[int]) -> None:
+        nonlocal between
+        keep(batch, indices)
+        if between is None and len(jobs["short"].pushed) == 3:
+            between = []
+            engine.submit(jobs["new"])  # as if it arrived while the finished row left
+
+    def recording_gather(slots: list[int]):
+        if between is not None and not jobs["new"].pushed:
+            between.append(list(slots))
+        return gather(slots)
+
+    monkeypatch.setattr(Batch, "keep", keep_and_submit)
+    monkeypatch.setattr(engine.bank, "gather", recording_gather)
+
+    async def together() -> list[list[int]]:
+        jobs.update(long=job(prompts["long"], 1, 10), short=job(prompts["short"], EMPTY, 3))
+        jobs["new"] = job(prompts["new"], 2, 4)
+        engine.submit(jobs["long"])
+        engine.submit(jobs["short"])
+        return [await tokens_of(jobs[name]) for name in ("long", "short", "new")]
+
+    assert asyncio.run(together()) == expected
+    assert between == [[2]]  # the newcomer's own slot for its prefill, nothing before it
+    order = [owner for owner, _ in log]
+    long, short, new = (id(jobs[name]) for name in ("long", "short", "new"))
+    first_of_new = order.index(new)
+    assert order[:first_of_new].count(short) == 3  # it came after the short row's last token ...
+    assert order[:first_of_new].count(long) == 3  # ... and before the long row's next one
