@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -40,11 +40,8 @@ log = logging.getLogger("t2l.threads")
 OPENMP_RUNTIME = re.compile(r"/lib(gomp|iomp5|omp)[\w.-]*\.so[\w.]*$")  # GNU, Intel, LLVM
 
 
-async def on_own_thread(
-    fn: Callable[..., T], *args: object, lock: AbstractContextManager | None = None, name: str = "t2l-torch"
-) -> T:
-    """``fn(*args)`` on a new thread that ends when it returns; ``lock``, when given, is held around the
-    call on that thread (so calls sharing it never overlap, even if an awaiting caller was cancelled)."""
+async def on_own_thread(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` on a new thread that ends when it returns."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -54,14 +51,13 @@ async def on_own_thread(
 
     def target() -> None:
         try:
-            with lock if lock is not None else nullcontext():
-                outcome = partial(future.set_result, fn(*args))
+            outcome = partial(future.set_result, fn(*args))
         except BaseException as err:  # handed to the awaiting task, which raises it
             outcome = partial(future.set_exception, err)
         with suppress(RuntimeError):  # the event loop is closed: nobody is waiting
             loop.call_soon_threadsafe(settle, outcome)
 
-    threading.Thread(target=target, name=name, daemon=True).start()
+    threading.Thread(target=target, name="t2l-torch", daemon=True).start()
     return await future
 
 

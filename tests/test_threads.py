@@ -24,25 +24,6 @@ def test_returns_the_result_and_raises_the_error_in_the_awaiting_task():
     asyncio.run(run())
 
 
-def test_calls_sharing_a_lock_never_overlap_even_when_their_caller_is_cancelled():
-    lock, inside, overlaps = threading.Lock(), [0], []
-
-    def work() -> None:
-        inside[0] += 1
-        overlaps.append(inside[0])
-        time.sleep(0.05)
-        inside[0] -= 1
-
-    async def run() -> None:
-        first = asyncio.create_task(on_own_thread(work, lock=lock))
-        await asyncio.sleep(0.01)
-        first.cancel()  # the thread goes on; the next call must still wait for it
-        await asyncio.gather(*(on_own_thread(work, lock=lock) for _ in range(3)))
-
-    asyncio.run(run())
-    assert overlaps == [1, 1, 1, 1]
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
 def test_the_thread_and_its_openmp_pool_end_with_the_work():
     if torch.get_num_threads() < 2:
