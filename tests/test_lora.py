@@ -143,12 +143,13 @@ def test_partners_share_one_down_projection_and_a_different_input_gets_its_own(t
         finally:
             hypernet_lora.LoraGroup.low = original
     assert len(products) == 3 * spec.num_layers and sum(products) == 2 * spec.num_layers  # q (+v), o
+    group = layers.groups[0][2]
     layers.set(A, B, adapter.scaling)
-    joined = layers._joined
+    joined = group.A
     layers.set(A, B, adapter.scaling)  # the engine sets the same tensors every step: joined once
-    assert layers._joined is joined
+    assert group.A is joined
     layers.set({m: t.clone() for m, t in A.items()}, B, adapter.scaling)
-    assert layers._joined is not joined
+    assert group.A is not joined
     layers.clear()
     expected = peft_logits(base, adapter, tmp_path / "peft", ids)
     assert (grouped - expected).abs().max() <= 1e-5
@@ -185,3 +186,33 @@ def test_products_in_float32_under_a_bfloat16_base_match_a_float32_reference(tin
     with torch.no_grad(), layers.applied(A, B, adapters[0].scaling):
         half(ids[:2])  # every row adapted: the fused product
     assert seen and set(seen) == {(torch.float32,) * 3}
+
+
+def test_setting_the_same_tensors_again_reuses_their_views_and_gives_the_same_outputs(tiny_spec):
+    """The engine sets one batch's tensors at every decode step: the second time the wrapped linears get
+    the very views of the first (none made again), a step's outputs are unchanged, other tensors get views
+    of their own, and tensors that require grad are never kept (they would keep a graph alive)."""
+    model = tiny_llama()
+    layers = LoraLayers(model, tiny_spec)
+    ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(0))
+    first, second = (
+        stacked([random_adapter(tiny_spec, s) for s in (1, 2)]),
+        stacked([random_adapter(tiny_spec, s) for s in (3, 4)]),
+    )
+    module = layers.layers[TARGETS[0]][0]
+    with torch.no_grad():
+        layers.set(*first, 2.0)
+        views, expected = module.A, model(ids).logits
+        layers.clear()
+        layers.set(*second, 2.0)
+        assert module.A is not views
+        other = model(ids).logits
+        layers.set(*first, 2.0)  # the two most recent sets are kept
+        assert module.A is views
+        assert torch.equal(model(ids).logits, expected) and not torch.equal(other, expected)
+    layers.clear()
+    trained = {m: t.clone().requires_grad_() for m, t in first[0].items()}, first[1]
+    layers.set(*trained, 2.0)
+    assert all(
+        trained[0][m] is not kept for made_from, _ in layers._views for kept in made_from for m in trained[0]
+    )
