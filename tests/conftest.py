@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Llama built here, the real MiniLM embedder, the real SmolLM2 base."""
 
+import gc
 import os
 import time
 
@@ -52,7 +53,9 @@ def nice_of(tid: int) -> int:
 
 def settled_thread_count(interval_s: float = 0.05) -> int:
     """This process's thread count once it stops changing: the OpenMP workers of a thread that ended
-    end some time after it, and a count taken meanwhile would credit (or blame) the next test."""
+    end some time after it, and a count taken meanwhile would credit (or blame) the next test. Collected
+    first: an adapter store an earlier test left unclosed keeps its worker thread until it is collected."""
+    gc.collect()
     count, settled = thread_count(), False
     while not settled:
         time.sleep(interval_s)

@@ -33,14 +33,13 @@ def test_the_thread_and_its_openmp_pool_end_with_the_work():
         x = torch.randn(512, 512)
         return float((x @ x).sum())  # a parallel region: this thread gets OpenMP workers
 
-    async def run() -> int:
+    async def run() -> None:
         await on_own_thread(parallel_op)
-        await asyncio.sleep(0.05)
-        return thread_count()
 
     parallel_op()  # torch's own lazily started threads (and this thread's pool) exist from here on
-    before = thread_count()
-    assert asyncio.run(run()) == before
+    before = settled_thread_count()
+    asyncio.run(run())
+    assert settled_thread_count() == before
 
 
 def test_a_serial_thread_runs_calls_in_order_one_at_a_time_and_raises_their_errors():
