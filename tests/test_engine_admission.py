@@ -30,6 +30,21 @@ def engine(tiny_chat_base):
     engine.stop()
 
 
+@pytest.fixture
+def log(monkeypatch) -> list[tuple[int, int]]:
+    """(job id, token) in the order rows take their tokens; each job's own in ``job.pushed``."""
+    taken: list[tuple[int, int]] = []
+    push = RowState.push
+
+    def recording_push(row: RowState, token: int) -> None:
+        taken.append((id(row.job), token))
+        row.job.pushed.append(token)
+        push(row, token)
+
+    monkeypatch.setattr(RowState, "push", recording_push)
+    return taken
+
+
 async def tokens_of(job: Job) -> list[int]:
     while not isinstance(event := await job.events.get(), Finished):
         pass
@@ -44,19 +59,10 @@ def job(prompt: list[int], slot: int, tokens: int) -> Job:
 
 
 @pytest.mark.parametrize("slots", [(1, 2), (EMPTY, 1), (2, EMPTY)])
-def test_a_newcomer_mid_step_gets_its_first_token_before_the_step_ends(engine, monkeypatch, slots):
+def test_a_newcomer_mid_step_gets_its_first_token_before_the_step_ends(engine, log, slots):
     """The newcomer is submitted from inside the running row's 4th decode step (a pre-hook on layer 0,
     after the engine's own); it must be prefilled within that step (its first token pushed before the
     running row's 5th) and both rows must get exactly the greedy tokens they get alone."""
-    log: list[tuple[int, int]] = []  # (job id, token) in the order rows took their tokens
-    push = RowState.push
-
-    def recording_push(row: RowState, token: int) -> None:
-        log.append((id(row.job), token))
-        row.job.pushed.append(token)
-        push(row, token)
-
-    monkeypatch.setattr(RowState, "push", recording_push)
     running_prompt, newcomer_prompt = [1, 400, 401, 402, 403, 404], [1, 500, 501]
 
     async def alone() -> list[list[int]]:
@@ -154,20 +160,13 @@ def test_the_engine_decodes_at_its_nice_value_and_the_caller_keeps_its_own(tiny_
     assert nice_of(threading.get_native_id()) == base
 
 
-def test_a_newcomer_arriving_while_finished_rows_leave_is_prefilled_before_the_next_step(engine, monkeypatch):
+def test_a_newcomer_arriving_while_finished_rows_leave_is_prefilled_before_the_next_step(
+    engine, log, monkeypatch
+):
     """A row finishes and leaves the batch at the end of its step (``Batch.keep``); a newcomer submitted
     meanwhile is prefilled before the next step, with no gather of the remaining rows' slots in between
     (the batch is gathered once, with the newcomer), its first token before the remaining row's next,
     and every row gets the greedy tokens it gets alone."""
-    log: list[tuple[int, int]] = []
-    push = RowState.push
-
-    def recording_push(row: RowState, token: int) -> None:
-        log.append((id(row.job), token))
-        row.job.pushed.append(token)
-        push(row, token)
-
-    monkeypatch.setattr(RowState, "push", recording_push)
     prompts = {"long": [1, 400, 401, 402], "short": [1, 410, 411], "new": [1, 500, 501]}
 
     async def alone() -> list[list[int]]:
