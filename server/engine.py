@@ -265,7 +265,8 @@ class Engine:
         self.device = next(model.parameters()).device
         self.batches = 0  # prefill groups run (tests check that concurrent arrivals share one)
         self._stopping = False
-        self._gathered_for: tuple[int, ...] = ()
+        # the rows themselves, not their ids: a dead row's id can come back as a new row with another slot
+        self._gathered_for: tuple[RowState, ...] = ()
         self._gathered: tuple[tuple[dict, dict] | None, torch.Tensor | None] = (None, None)
         self._stepping: list[RowState] | None = None  # the rows of the decode step in flight
         self._joined: list[Batch] = []  # prefilled during that step, to merge after it
@@ -379,7 +380,7 @@ class Engine:
     def _apply(self, rows: list[RowState]) -> None:
         """Point the LoRA layers at the slots of the rows that have an adapter (the others skip LoRA);
         gathered again only when the rows change."""
-        key = tuple(id(row) for row in rows)
+        key = tuple(rows)
         if key != self._gathered_for:
             adapted = [i for i, row in enumerate(rows) if row.job.slot != EMPTY]
             index = None if len(adapted) == len(rows) else torch.tensor(adapted, device=self.device)

@@ -10,6 +10,7 @@ import torch
 
 from hypernet.base import load_base, spec_from_config
 from hypernet.lora import LoraLayers
+from server import engine as engine_module
 from server.engine import Batch, Engine, Finished, Job, RowState, Sampling
 from server.slots import EMPTY, SlotBank
 from tests.conftest import CHECKPOINTS, TARGETS, nice_of
@@ -212,3 +213,25 @@ def test_a_newcomer_arriving_while_finished_rows_leave_is_prefilled_before_the_n
     first_of_new = order.index(new)
     assert order[:first_of_new].count(short) == 3  # it came after the short row's last token ...
     assert order[:first_of_new].count(long) == 3  # ... and before the long row's next one
+
+
+def test_a_new_row_at_a_dead_rows_address_gets_its_own_slots(tiny_chat_base, monkeypatch):
+    """The LoRA layers are pointed at a batch's slots again only when its rows change. A row that ended
+    can leave its memory to a new row with another adapter, so the new row must not pass for the old
+    one: here every object has one id, as if the address were reused."""
+    monkeypatch.setattr(engine_module, "id", lambda obj: 0, raising=False)
+    model, tokenizer = load_base(str(tiny_chat_base), CHECKPOINTS)
+    spec = spec_from_config(str(tiny_chat_base), TARGETS, CHECKPOINTS)
+    bank = SlotBank(spec, rank=4, slots=2)
+    engine = Engine(model, tokenizer, LoraLayers(model, spec), bank, 2.0)
+    gathered: list[list[int]] = []
+    gather = bank.gather
+    monkeypatch.setattr(bank, "gather", lambda slots: gathered.append(list(slots)) or gather(slots))
+
+    async def rows_apply() -> None:
+        for slot in (1, 2):
+            made = job([1, 400], slot, 1)
+            engine._apply([RowState(made, tokenizer, engine.eos, engine.metrics)])
+
+    asyncio.run(rows_apply())
+    assert gathered == [[1], [2]]
