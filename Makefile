@@ -75,6 +75,7 @@ bench: setup
 	$(BIN)/python -m bench.server --json bench/results/server.json
 	$(BIN)/python -m bench.activation --json bench/results/activation.json
 	$(BIN)/python -m bench.engine --json bench/results/engine.json
+	$(BIN)/python -m bench.long_prompt --json bench/results/long_prompt.json
 	$(BIN)/python -m bench.decode_step --json bench/results/decode_step.json
 	$(BIN)/python -m bench.train_step --json bench/results/train_step.json
 	$(BIN)/python -m bench.load --json bench/results/load.json

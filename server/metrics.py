@@ -52,6 +52,11 @@ class Metrics:
             "Newcomers' prefills run between two layers of a decode step",
             registry=r,
         )
+        self.prefill_chunks = Counter(
+            "t2l_engine_prefill_chunks",
+            "Chunks of long prompts prefilled between decode steps (T2L_PREFILL_CHUNK_TOKENS)",
+            registry=r,
+        )
         self.first_token_seconds = Histogram(
             "t2l_time_to_first_token_seconds", "From engine submission to the first sampled token",
             buckets=SLOW, registry=r,

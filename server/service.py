@@ -136,6 +136,7 @@ class Service:
             s.max_queue,
             self.metrics,
             nice=s.engine_nice,
+            prefill_chunk=s.prefill_chunk_tokens,
         )
         return LocalBackend(self.engine, self.bank)
 

@@ -56,6 +56,12 @@ class ServerSettings(Settings):
         description="added to the nice value of the engine's threads (Linux): generating a newcomer's "
         "adapter and serving HTTP take the cores first, decoding takes the rest; 0 = same priority",
     )
+    prefill_chunk_tokens: int = Field(
+        256,
+        ge=1,
+        description="a longer prompt is prefilled this many tokens between two decode steps, so running "
+        "streams keep a pace while it goes in; T2L_MAX_PROMPT_TOKENS or more = every prompt whole",
+    )
     max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request names none")
     max_prompt_tokens: int = Field(2048, ge=1)

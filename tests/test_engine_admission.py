@@ -215,6 +215,91 @@ def test_a_newcomer_arriving_while_finished_rows_leave_is_prefilled_before_the_n
     assert order[:first_of_new].count(long) == 3  # ... and before the long row's next one
 
 
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_rows_steps(engine, log):
+    """With ``prefill_chunk`` = 4, a 23-token prompt goes in as 6 chunks, one between two decode steps:
+    the running row takes a token after each of the first five (it would wait for the whole prompt
+    otherwise), a short prompt arriving with it is prefilled whole and gets its first token first, and
+    every row gets exactly the greedy tokens it gets alone with whole prefills."""
+    prompts = {"running": [1, 400, 401, 402], "long": [1, *range(600, 622)], "short": [1, 500, 501]}
+    slots = {"running": 1, "long": 2, "short": EMPTY}
+    counts = {"running": 16, "long": 5, "short": 3}
+
+    def made(name: str) -> Job:
+        return job(prompts[name], slots[name], counts[name])
+
+    async def alone() -> list[list[int]]:
+        return [await tokens_of(_submitted(engine, made(name))) for name in prompts]
+
+    expected = asyncio.run(alone())
+    engine.prefill_chunk = 4
+    log.clear()
+    jobs: dict[str, Job] = {}
+    steps = 0
+
+    def submit_during_the_second_step(module, args) -> None:
+        nonlocal steps
+        if args[0].shape[1] == 1 and engine._stepping is not None:  # a decode step's layer 0
+            steps += 1
+            if steps == 2:
+                engine.submit(jobs["long"])
+                engine.submit(jobs["short"])
+
+    async def together() -> list[list[int]]:
+        jobs.update({name: made(name) for name in prompts})
+        engine.submit(jobs["running"])
+        return [await tokens_of(jobs[name]) for name in prompts]
+
+    before = engine.metrics.prefill_chunks._value.get()
+    layer0 = engine.model.get_decoder().layers[0]
+    hook = layer0.register_forward_pre_hook(submit_during_the_second_step)
+    try:
+        assert asyncio.run(together()) == expected
+    finally:
+        hook.remove()
+    assert engine.metrics.prefill_chunks._value.get() == before + 6
+    order = [owner for owner, _ in log]
+    running, long, short = (id(jobs[name]) for name in ("running", "long", "short"))
+    first_of_long = order.index(long)
+    assert order.index(short) < first_of_long
+    # the prefill token, 1 decode token, the second step's, then one after each of 5 chunks
+    assert order[:first_of_long].count(running) == 3 + 5
+
+
+def test_an_abandoned_long_prompt_stops_being_prefilled(engine, log):
+    """A request abandoned after its prompt's second chunk gets no third; the engine then serves the
+    next request as usual and counts nothing as running."""
+    engine.prefill_chunk = 4
+    abandoned: Job | None = None
+    chunks = 0
+
+    def cancel_after_the_second_chunk(module, args) -> None:
+        nonlocal chunks
+        if args[0].shape[1] == 4:  # a chunk of the long prompt at layer 0
+            chunks += 1
+            if chunks == 2:
+                abandoned.cancelled.set()
+
+    async def serve() -> list[int]:
+        nonlocal abandoned
+        abandoned = job([1, *range(600, 622)], 1, 4)
+        engine.submit(abandoned)
+        return await tokens_of(_submitted(engine, job([1, 500, 501], 2, 3)))
+
+    before = engine.metrics.prefill_chunks._value.get()
+    layer0 = engine.model.get_decoder().layers[0]
+    hook = layer0.register_forward_pre_hook(cancel_after_the_second_chunk)
+    try:
+        assert len(asyncio.run(serve())) == 3
+    finally:
+        hook.remove()
+    deadline = time.monotonic() + 5
+    while engine.metrics.running._value.get() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.metrics.running._value.get() == 0
+    assert engine.metrics.prefill_chunks._value.get() == before + 2
+    assert abandoned.pushed == [] and engine._chunked == []
+
+
 def test_a_new_row_at_a_dead_rows_address_gets_its_own_slots(tiny_chat_base, monkeypatch):
     """The LoRA layers are pointed at a batch's slots again only when its rows change. A row that ended
     can leave its memory to a new row with another adapter, so the new row must not pass for the old

@@ -13,6 +13,7 @@ import pytest
         ({"T2L_CHECKPOINT": "/nonexistent/ckpt"}, "no T2L checkpoint at /nonexistent/ckpt"),
         ({"T2L_SLOTS": "0"}, "invalid setting T2L_SLOTS"),
         ({"T2L_ENGINE_NICE": "25"}, "T2L_ENGINE_NICE: Input should be less than or equal to 19"),
+        ({"T2L_PREFILL_CHUNK_TOKENS": "0"}, "T2L_PREFILL_CHUNK_TOKENS: Input should be greater than or"),
         ({"T2L_REDIS_URL": "http://localhost:6379"}, "T2L_REDIS_URL='http://localhost:6379'"),
     ],
 )

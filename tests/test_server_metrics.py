@@ -71,3 +71,25 @@ def test_metrics_need_a_key_when_keys_are_set_unless_public(server_settings):
     with running_server(server_settings(api_keys=["sesame"], metrics_public=True)) as server:
         scrape(server.url)
         assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401
+
+
+def test_prompts_longer_than_a_chunk_are_prefilled_in_chunks_with_the_same_reply(server_settings):
+    """``T2L_PREFILL_CHUNK_TOKENS`` reaches the engine: with chunks of 4 tokens the chat's prompt goes in
+    as several (counted in ``t2l_engine_prefill_chunks_total``) and the greedy reply is the one a whole
+    prefill gives."""
+    chat = {
+        "task_description": "Answer with the capital city of the country.",
+        "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
+    replies, chunks = [], []
+    for chunk in (4, 100_000):
+        with running_server(server_settings(prefill_chunk_tokens=chunk)) as server:
+            body = chat | {"model": server.service.base_name}
+            reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+            assert reply.status_code == 200, reply.text
+            replies.append(reply.json()["choices"][0]["message"]["content"])
+            chunks.append(value(scrape(server.url), "t2l_engine_prefill_chunks_total"))
+    assert chunks[0] >= 3 and chunks[1] == 0
+    assert replies[0] == replies[1]
