@@ -422,12 +422,29 @@ class Engine:
 
     def _prefill_chunk(self) -> Batch | None:
         """Prefill the next chunk of the oldest long prompt; once its last chunk is in, its first token
-        and the batch it joins. A prompt whose request was abandoned is dropped."""
+        and the batch it joins. A prompt whose request was abandoned is dropped; one whose chunk fails
+        ends with an error, and the running rows go on."""
         work = self._chunked[0]
         if work.row.job.cancelled.is_set():
             self._chunked.pop(0)
             return None
-        assert self.prefill_chunk is not None  # only prompts longer than a chunk are here
+        try:
+            logits = self._forward_chunk(work)
+        except Exception as err:
+            log.exception("prefilling a chunk of a long prompt failed")
+            self._chunked.pop(0)
+            job = work.row.job
+            job.emit(Finished("error", len(job.prompt), 0, error=f"generation failed: {err}"))
+            return None
+        if work.done < work.ids.shape[1]:
+            return None
+        self._chunked.pop(0)
+        return self._started([work.row], logits, work.cache, work.ids.new_ones((1, work.done)))
+
+    def _forward_chunk(self, work: Chunked) -> torch.Tensor:
+        """Run the next chunk of ``work``'s prompt through the model into its cache; the last position's
+        logits."""
+        assert self.prefill_chunk is not None  # only prompts longer than a chunk are chunked
         start, end = work.done, min(work.done + self.prefill_chunk, work.ids.shape[1])
         self._apply([work.row])
         try:
@@ -443,10 +460,7 @@ class Engine:
             self.layers.clear()
         self.metrics.prefill_chunks.inc()
         work.done = end
-        if end < work.ids.shape[1]:
-            return None
-        self._chunked.pop(0)
-        return self._started([work.row], logits, work.cache, work.ids.new_ones((1, end)))
+        return logits
 
     def _prefill(self, jobs: list[Job]) -> Batch:
         """Prefill newcomers together (left-padded) and sample their first tokens."""

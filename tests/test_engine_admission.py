@@ -300,6 +300,45 @@ def test_an_abandoned_long_prompt_stops_being_prefilled(engine, log):
     assert abandoned.pushed == [] and engine._chunked == []
 
 
+def test_a_failing_chunk_fails_its_request_only(engine, log):
+    """A long prompt whose third chunk raises ends with an error; the row decoding beside it gets every
+    greedy token it gets alone, and the engine serves the next request."""
+    running_prompt, long_prompt = [1, 400, 401, 402], [1, *range(600, 622)]
+
+    async def alone() -> list[int]:
+        return await tokens_of(_submitted(engine, job(running_prompt, 1, 16)))
+
+    expected = asyncio.run(alone())
+    engine.prefill_chunk = 4
+    chunks = 0
+
+    def fail_the_third_chunk(module, args) -> None:
+        nonlocal chunks
+        if args[0].shape[1] == 4:  # a chunk of the long prompt at layer 0
+            chunks += 1
+            if chunks == 3:
+                raise RuntimeError("out of memory, say")
+
+    async def together() -> tuple[list[int], Finished, list[int]]:
+        running, long = job(running_prompt, 1, 16), job(long_prompt, 2, 4)
+        engine.submit(running)
+        engine.submit(long)
+        while not isinstance(failed := await long.events.get(), Finished):
+            pass
+        tokens = await tokens_of(running)
+        return tokens, failed, await tokens_of(_submitted(engine, job([1, 500, 501], 2, 3)))
+
+    layer0 = engine.model.get_decoder().layers[0]
+    hook = layer0.register_forward_pre_hook(fail_the_third_chunk)
+    try:
+        tokens, failed, after = asyncio.run(together())
+    finally:
+        hook.remove()
+    assert tokens == expected
+    assert failed.reason == "error" and "out of memory, say" in failed.error
+    assert len(after) == 3 and engine._chunked == []
+
+
 def test_a_new_row_at_a_dead_rows_address_gets_its_own_slots(tiny_chat_base, monkeypatch):
     """The LoRA layers are pointed at a batch's slots again only when its rows change. A row that ended
     can leave its memory to a new row with another adapter, so the new row must not pass for the old
