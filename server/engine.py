@@ -30,6 +30,7 @@ from transformers.cache_utils import Cache
 from hypernet.lora import LoraLayers
 from server.kv_cache import roomy_cache
 from server.metrics import Metrics
+from server.sampling import sample_tokens
 from server.slots import EMPTY, SlotBank
 from server.threads import lower_priority
 
@@ -109,16 +110,6 @@ class RowState:
     def greedy(self) -> bool:
         return self.job.sampling.temperature <= 0
 
-    def sample(self, logits: torch.Tensor) -> int:
-        """A token drawn with this row's temperature, top-p and generator (greedy rows never get here)."""
-        s = self.job.sampling
-        probs = torch.softmax(logits.float() / s.temperature, dim=-1)
-        if s.top_p < 1:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < s.top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
-
     def push(self, token: int) -> None:
         """Take one sampled token: stream new text, or finish on EOS, a stop string or the limit."""
         now = time.monotonic()
@@ -173,8 +164,9 @@ class RowState:
 
 
 def sample_rows(rows: list[RowState], logits: torch.Tensor) -> list[int]:
-    """Each row's next token: the greedy rows with one argmax over all of them, the sampling rows each
-    with its own generator (so a seed gives the same text whatever else is in the batch)."""
+    """Each row's next token: the greedy rows with one argmax over all of them, the sampling rows together,
+    each with its own temperature, top-p and generator (so a seed gives the same text whatever else is in
+    the batch; ``server.sampling``)."""
     tokens = [0] * len(rows)
     greedy = [i for i, row in enumerate(rows) if row.greedy]
     if greedy:
@@ -183,9 +175,17 @@ def sample_rows(rows: list[RowState], logits: torch.Tensor) -> list[int]:
         # conversion and a float32 argmax 345 µs (same indices)
         for i, token in zip(greedy, chosen.float().argmax(-1).tolist(), strict=True):
             tokens[i] = token
-    for i, row in enumerate(rows):
-        if not row.greedy:
-            tokens[i] = row.sample(logits[i])
+    sampling = [i for i, row in enumerate(rows) if not row.greedy]
+    if sampling:
+        settings = [rows[i].job.sampling for i in sampling]
+        drawn = sample_tokens(
+            logits[sampling],
+            [s.temperature for s in settings],
+            [s.top_p for s in settings],
+            [rows[i].generator for i in sampling],
+        )
+        for i, token in zip(sampling, drawn, strict=True):
+            tokens[i] = token
     return tokens
 
 
