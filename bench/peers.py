@@ -5,14 +5,16 @@
   PEFT adapters (the same T2L adapters, written by this process);
 * ``t2l+vllm``: our server in front of that vLLM server (``T2L_ENGINE=vllm``).
 
-For each: tokens/s of 8 concurrent chat streams of 64 tokens (``ignore_eos``, temperature 0) on the base
+For each: tokens/s of 8 concurrent chat streams of 64 tokens (``ignore_eos``, temperature 0 unless
+``--temperature``/``--top-p`` say otherwise) on the base
 model and with 8 distinct adapters (median of ``--repeats`` rounds; tokens/s = completion tokens of all
 streams / wall time of the round), the ratio of the two, and the time to the first token for a new
 description (median of ``--new`` descriptions never seen before). For ``vllm`` alone that is what a user
 without our server does: generate the adapter with the T2L library in this process, write its PEFT
 folder, load it with ``/v1/load_lora_adapter``, then stream.
 
-    .venv/bin/python -m bench.peers [--repeats 3] [--new 5] [--vllm-dtype bfloat16] [--json OUT]
+    .venv/bin/python -m bench.peers [--repeats 3] [--new 5] [--vllm-dtype bfloat16] [--temperature 0]
+        [--top-p 1] [--json OUT]
 
 Take the figures with nothing else running on the machine (each system gets both cores in turn).
 """
@@ -79,15 +81,16 @@ async def stream_one(client: httpx.AsyncClient, model: str, prompt: str, extra: 
     return first or float("nan"), tokens
 
 
-async def throughput(url: str, models: list[str], repeats: int) -> float:
-    """Median tokens/s of ``STREAMS`` concurrent streams, stream i on ``models[i % len(models)]``."""
+async def throughput(url: str, models: list[str], repeats: int, sampling: dict) -> float:
+    """Median tokens/s of ``STREAMS`` concurrent streams, stream i on ``models[i % len(models)]``, with
+    ``sampling``'s temperature and top_p."""
     rates = []
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await asyncio.gather(*(stream_one(client, m, PROMPTS[0], {}) for m in models))  # warm-up
+        await asyncio.gather(*(stream_one(client, m, PROMPTS[0], sampling) for m in models))  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
             done = await asyncio.gather(
-                *(stream_one(client, models[i % len(models)], PROMPTS[i], {}) for i in range(STREAMS))
+                *(stream_one(client, models[i % len(models)], PROMPTS[i], sampling) for i in range(STREAMS))
             )
             rates.append(sum(t for _, t in done) / (time.perf_counter() - start))
     return statistics.median(rates)
@@ -129,10 +132,12 @@ def our_adapters(url: str, texts: list[str]) -> list[str]:
     return ids
 
 
-def measure_ours(url: str, base: str, adapter_texts: list[str], new: list[str], repeats: int) -> dict:
+def measure_ours(
+    url: str, base: str, adapter_texts: list[str], new: list[str], repeats: int, sampling: dict
+) -> dict:
     ids = our_adapters(url, adapter_texts)
-    base_rate = asyncio.run(throughput(url, [base], repeats))
-    adapters_rate = asyncio.run(throughput(url, ids, repeats))
+    base_rate = asyncio.run(throughput(url, [base], repeats, sampling))
+    adapters_rate = asyncio.run(throughput(url, ids, repeats, sampling))
     ttft = asyncio.run(ttft_inline(url, base, new))
     return row(base_rate, adapters_rate, ttft)
 
@@ -167,8 +172,11 @@ def main() -> None:
         help="vLLM's weights: bfloat16 is its fast path where the CPU has bf16 instructions (AVX-512 BF16, "
         "AMX); on a CPU without them float32 may be faster",
     )
+    parser.add_argument("--temperature", type=float, default=0.0, help="of the throughput streams")
+    parser.add_argument("--top-p", type=float, default=1.0, help="of the throughput streams")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
+    sampling = {"temperature": args.temperature, "top_p": args.top_p}
     if not VLLM_PYTHON.is_file():
         parser.error(f"no vLLM venv at {VLLM_PYTHON}: run `make vllm` first")
     settings = Settings()
@@ -185,7 +193,7 @@ def main() -> None:
         try:
             server.wait_ready()
             systems["local"] = measure_ours(
-                server.url, settings.base_model, adapter_texts, new_sets[0], args.repeats
+                server.url, settings.base_model, adapter_texts, new_sets[0], args.repeats, sampling
             )
         finally:
             server.stop()
@@ -210,8 +218,8 @@ def main() -> None:
                 names.append(f"a{i}")
             served = httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"][0]["id"]
             systems["vllm"] = row(
-                asyncio.run(throughput(vllm.url, [served], args.repeats)),
-                asyncio.run(throughput(vllm.url, names, args.repeats)),
+                asyncio.run(throughput(vllm.url, [served], args.repeats, sampling)),
+                asyncio.run(throughput(vllm.url, names, args.repeats, sampling)),
                 asyncio.run(ttft_vllm_direct(vllm.url, generator, new_sets[1], work / "peft")),
             )
             print("vllm", systems["vllm"], flush=True)
@@ -221,7 +229,7 @@ def main() -> None:
             try:
                 front.wait_ready()
                 systems["t2l+vllm"] = measure_ours(
-                    front.url, settings.base_model, adapter_texts, new_sets[2], args.repeats
+                    front.url, settings.base_model, adapter_texts, new_sets[2], args.repeats, sampling
                 )
                 systems["t2l+vllm"]["vllm_load_ms_mean"] = mean_load_ms(front.url)
             finally:
@@ -239,6 +247,7 @@ def main() -> None:
             "repeats": args.repeats,
             "new_descriptions": args.new,
             "vllm_dtype": args.vllm_dtype,
+            **sampling,
         },
         "local_adapters8_vs_vllm_adapters8": systems["local"]["adapters8_tok_s"]
         / systems["vllm"]["adapters8_tok_s"],
