@@ -40,13 +40,13 @@ def sample_tokens(
         cumulative = values.cumsum(-1)
         ps = torch.tensor([top_p[i] for i in left], device=logits.device)
         # the nucleus ends within these k when their mass reaches top_p (always, once k is the vocabulary)
-        done = torch.ones(len(left), dtype=torch.bool) if k == vocab else (cumulative[:, -1] >= ps).cpu()
-        if done.any():
-            rows_done = [row for row, d in zip(left, done.tolist(), strict=True) if d]
-            kept = ((cumulative - values)[done] < ps[done, None]).sum(-1) - 1  # last index kept
-            picked = _inverse_cdf(cumulative[done], draws[rows_done], kept)
-            tokens[rows_done] = order[done].gather(-1, picked[:, None]).squeeze(-1)
-        left = [row for row, d in zip(left, done.tolist(), strict=True) if not d]
+        ends = [True] * len(left) if k == vocab else (cumulative[:, -1] >= ps).tolist()
+        found = [j for j, end in enumerate(ends) if end]  # positions in ``left``
+        if found:
+            kept = ((cumulative[found] - values[found]) < ps[found, None]).sum(-1) - 1  # last index kept
+            picked = _inverse_cdf(cumulative[found], draws[[left[j] for j in found]], kept)
+            tokens[[left[j] for j in found]] = order[found].gather(-1, picked[:, None]).squeeze(-1)
+        left = [row for row, end in zip(left, ends, strict=True) if not end]
     return tokens.tolist()
 
 
