@@ -45,7 +45,9 @@ class Metrics:
             "t2l_redis_restarts", "Restarts of the embedded Redis after it exited", registry=r
         )
         self.queue_depth = Gauge("t2l_engine_queue_depth", "Requests waiting for the engine", registry=r)
-        self.running = Gauge("t2l_engine_running_sequences", "Sequences being decoded", registry=r)
+        self.running = Gauge(
+            "t2l_engine_running_sequences", "Sequences decoding or having a long prompt prefilled", registry=r
+        )
         self.tokens = Counter("t2l_generated_tokens", "Tokens sampled by the engine", registry=r)
         self.mid_step_prefills = Counter(
             "t2l_engine_mid_step_prefills",
