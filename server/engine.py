@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 
 from hypernet.lora import LoraLayers
-from server.kv_cache import roomy_cache
+from server.kv_cache import join, roomy_cache
 from server.metrics import Metrics
 from server.sampling import sample_tokens
 from server.slots import EMPTY, SlotBank
@@ -207,12 +207,7 @@ class Batch:
         length, extra = self.mask.shape[1], other.mask.shape[1]
         width = max(length, extra)
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat(
-                [_pad_left(mine.keys, width - length), _pad_left(theirs.keys, width - extra)]
-            )
-            mine.values = torch.cat(
-                [_pad_left(mine.values, width - length), _pad_left(theirs.values, width - extra)]
-            )
+            join(mine, theirs, width)
         self.mask = torch.cat([_pad_left(self.mask, width - length), _pad_left(other.mask, width - extra)])
         self.position = torch.cat([self.position, other.position])
         self.pending = torch.cat([self.pending, other.pending])
@@ -242,11 +237,9 @@ class Chunked:
     done: int = 0  # prompt tokens in the cache
 
 
-def _pad_left(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Pad the sequence dimension (-2 for K/V [B, H, T, D], -1 for a mask [B, T]) with n leading zeros."""
-    if n == 0:
-        return x
-    return nn.functional.pad(x, (0, 0, n, 0) if x.dim() == 4 else (n, 0))
+def _pad_left(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """An attention mask [B, T] with n leading zero columns."""
+    return nn.functional.pad(mask, (n, 0)) if n else mask
 
 
 class Engine:

@@ -3,8 +3,9 @@
 transformers' ``DynamicCache`` grows by ``torch.cat`` at every decode step, copying the whole cache of
 every layer each time (7.5% of a decode step at batch 16 here, by ``torch.profiler``). Here a layer keeps
 ``ROOM`` spare positions and writes the step's keys and values in place; it copies only when the room
-runs out, or when the engine has replaced its tensors (rows joining or leaving a batch). ``keys`` and
-``values`` stay what the engine and attention expect: [batch, heads, length, head_dim] tensors (views).
+runs out, or when the engine has replaced its tensors (rows leaving a batch). ``keys`` and ``values`` stay
+what the engine and attention expect: [batch, heads, length, head_dim] tensors (views). Rows joining a batch
+(``join``) are copied once into a new buffer that keeps the room.
 """
 
 import torch
@@ -55,3 +56,24 @@ class RoomyLayer(DynamicLayer):
 def roomy_cache() -> Cache:
     """An empty cache of RoomyLayers, one added per decoder layer on its first update."""
     return Cache(layer_class_to_replicate=RoomyLayer)
+
+
+def join(mine: DynamicLayer, theirs: DynamicLayer, width: int) -> None:
+    """Make ``mine`` hold its rows then ``theirs``, each right-aligned in ``width`` positions with zeros
+    before (left padding that the attention mask hides; zeros, as garbage there could be NaN): one new
+    buffer per tensor, every row copied once. A ``RoomyLayer`` keeps its buffer's ``ROOM`` spare positions
+    after ``width``, so the next decode step writes in place; padding with ``torch.cat`` copied twice, and
+    that step a third time (an 1,800-token row joining 7 rows of 120: 50-130 ms for the first two)."""
+    room = ROOM if isinstance(mine, RoomyLayer) else 0
+    buffers = []
+    for ours, other in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+        rows, heads, _, dim = ours.shape
+        buffer = ours.new_empty((rows + other.shape[0], heads, width + room, dim))
+        for part, tensor in ((buffer[:rows], ours), (buffer[rows:], other)):
+            start = width - tensor.shape[-2]
+            part[..., :start, :].zero_()
+            part[..., start:width, :] = tensor
+        buffers.append(buffer)
+    if isinstance(mine, RoomyLayer):
+        mine._keys, mine._values = buffers
+    mine.keys, mine.values = (buffer[..., :width, :] for buffer in buffers)

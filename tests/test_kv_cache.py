@@ -59,3 +59,32 @@ def test_a_layer_copies_only_when_its_room_runs_out(small_room):
     changes = [i for i in range(1, len(buffers)) if buffers[i] != buffers[i - 1]]
     assert changes == [3, 7]
     assert cache.get_seq_length() == 13 and cache.layers[0].keys.shape[-2] == 13
+
+
+@pytest.mark.parametrize("make", [roomy_cache, DynamicCache])
+def test_joined_rows_are_right_aligned_with_zeros_before_and_the_next_step_writes_in_place(make):
+    """``join`` gives exactly the left-padded concatenation; a RoomyLayer then has room, so the next
+    decode step keeps its buffer."""
+    model = tiny_llama()
+    torch.manual_seed(2)
+    with torch.inference_mode():
+        mine, theirs = make(), make()
+        model(input_ids=torch.randint(3, 120, (2, 5)), cache=mine, use_cache=True)
+        model(input_ids=torch.randint(3, 120, (1, 9)), cache=theirs, use_cache=True)
+        expected = [
+            [
+                torch.cat([torch.nn.functional.pad(a, (0, 0, 4, 0)), b])
+                for a, b in ((m.keys, t.keys), (m.values, t.values))
+            ]
+            for m, t in zip(mine.layers, theirs.layers, strict=True)
+        ]
+        for m, t in zip(mine.layers, theirs.layers, strict=True):
+            kv_cache.join(m, t, 9)
+        for layer, (keys, values) in zip(mine.layers, expected, strict=True):
+            torch.testing.assert_close(layer.keys, keys, rtol=0, atol=0)
+            torch.testing.assert_close(layer.values, values, rtol=0, atol=0)
+        before = mine.layers[0].keys.data_ptr()
+        model(input_ids=torch.randint(3, 120, (3, 1)), cache=mine, use_cache=True)
+    assert mine.get_seq_length() == 10
+    if make is roomy_cache:
+        assert mine.layers[0].keys.data_ptr() == before
