@@ -4,6 +4,8 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -59,6 +61,16 @@ def job(prompt: list[int], slot: int, tokens: int) -> Job:
     return made
 
 
+@contextmanager
+def on_layer0(engine: Engine, hook) -> Iterator[None]:
+    """``hook`` as a forward pre-hook on the engine model's first decoder layer, while in the block."""
+    handle = engine.model.get_decoder().layers[0].register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("slots", [(1, 2), (EMPTY, 1), (2, EMPTY)])
 def test_a_newcomer_mid_step_gets_its_first_token_before_the_step_ends(engine, log, slots):
     """The newcomer is submitted from inside the running row's 4th decode step (a pre-hook on layer 0,
@@ -83,13 +95,9 @@ def test_a_newcomer_mid_step_gets_its_first_token_before_the_step_ends(engine, l
                 if steps == 4:
                     engine.submit(newcomer)
 
-        layer0 = engine.model.get_decoder().layers[0]
-        hook = layer0.register_forward_pre_hook(submit_during_the_fourth_step)
-        try:
+        with on_layer0(engine, submit_during_the_fourth_step):
             engine.submit(running)
             results = [await tokens_of(running), await tokens_of(newcomer)]
-        finally:
-            hook.remove()
         return running, newcomer, results
 
     expected = asyncio.run(alone())
@@ -250,12 +258,8 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_rows_steps(eng
         return [await tokens_of(jobs[name]) for name in prompts]
 
     before = engine.metrics.prefill_chunks._value.get()
-    layer0 = engine.model.get_decoder().layers[0]
-    hook = layer0.register_forward_pre_hook(submit_during_the_second_step)
-    try:
+    with on_layer0(engine, submit_during_the_second_step):
         assert asyncio.run(together()) == expected
-    finally:
-        hook.remove()
     assert engine.metrics.prefill_chunks._value.get() == before + 6
     order = [owner for owner, _ in log]
     running, long, short = (id(jobs[name]) for name in ("running", "long", "short"))
@@ -286,12 +290,8 @@ def test_an_abandoned_long_prompt_stops_being_prefilled(engine, log):
         return await tokens_of(_submitted(engine, job([1, 500, 501], 2, 3)))
 
     before = engine.metrics.prefill_chunks._value.get()
-    layer0 = engine.model.get_decoder().layers[0]
-    hook = layer0.register_forward_pre_hook(cancel_after_the_second_chunk)
-    try:
+    with on_layer0(engine, cancel_after_the_second_chunk):
         assert len(asyncio.run(serve())) == 3
-    finally:
-        hook.remove()
     deadline = time.monotonic() + 5
     while engine.metrics.running._value.get() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -328,12 +328,8 @@ def test_a_failing_chunk_fails_its_request_only(engine, log):
         tokens = await tokens_of(running)
         return tokens, failed, await tokens_of(_submitted(engine, job([1, 500, 501], 2, 3)))
 
-    layer0 = engine.model.get_decoder().layers[0]
-    hook = layer0.register_forward_pre_hook(fail_the_third_chunk)
-    try:
+    with on_layer0(engine, fail_the_third_chunk):
         tokens, failed, after = asyncio.run(together())
-    finally:
-        hook.remove()
     assert tokens == expected
     assert failed.reason == "error" and "out of memory, say" in failed.error
     assert len(after) == 3 and engine._chunked == []
